@@ -1,0 +1,42 @@
+// Command prune-guard is a Docker Engine authorization plugin that keeps a
+// CI host's image cache alive: it refuses prunes that evict tagged images,
+// and every prune or image delete while a CI run is active.
+//
+// Run it with "prune-guard serve" and start dockerd with
+// --authorization-plugin=prune-guard. "prune-guard --help" lists the rest.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "prune-guard:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "prune-guard",
+		Short: "Docker authorization plugin that keeps a CI host's image cache from being pruned",
+		Long: `prune-guard sits in dockerd's request path (dockerd --authorization-plugin=prune-guard)
+and refuses the requests that destroy a CI host's warm image cache:
+
+  - image prunes that remove tagged images (docker image prune -a, docker system prune -a);
+  - build-cache prunes with --all, and volume prunes that remove named volumes;
+  - every prune and every image delete while a CI run is active (a container or
+    swarm service carries a run label, prune-guard.run by default).
+
+Everything else passes through untouched. Every destructive request and every
+denial is written to a JSON-lines audit log.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServeCmd())
+	return root
+}

@@ -1,0 +1,139 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/authorization"
+	"github.com/docker/go-plugins-helpers/sdk"
+)
+
+// maxCallSize bounds one plugin call. dockerd forwards request bodies under
+// 1 MiB (base64 in the call) and headers; anything near this limit did not
+// come from dockerd.
+const maxCallSize = 16 << 20
+
+// Handler returns the plugin protocol's HTTP handler for g.
+//
+// It speaks the protocol with go-plugins-helpers' wire types, but decodes
+// calls itself: the helper's handler answers a call it cannot decode with
+// 400 and then still asks the plugin about an empty request, while
+// prune-guard answers such a call with an explicit deny that says why.
+func Handler(g *Guard) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, struct{ Implements []string }{[]string{authorization.AuthZApiImplements}})
+	})
+	mux.HandleFunc("POST /"+authorization.AuthZApiRequest, func(w http.ResponseWriter, r *http.Request) {
+		req, err := decodeCall(w, r)
+		if err != nil {
+			writeJSON(w, authorization.Response{Allow: false,
+				Msg: "prune-guard: malformed authorization call refused: " + err.Error()})
+			return
+		}
+		writeJSON(w, g.AuthZReq(r.Context(), req))
+	})
+	mux.HandleFunc("POST /"+authorization.AuthZApiResponse, func(w http.ResponseWriter, r *http.Request) {
+		// The response phase cannot stop anything, so a call that does not
+		// decode is still allowed rather than hiding the daemon's answer.
+		req, _ := decodeCall(w, r)
+		writeJSON(w, g.AuthZRes(r.Context(), req))
+	})
+	return mux
+}
+
+// call is the part of authorization.Request prune-guard reads. Peer
+// certificates stay raw: the helper's PeerCertificate decoder dereferences a
+// nil PEM block on malformed input, and no decision here uses them.
+type call struct {
+	User             string            `json:"User"`
+	UserAuthNMethod  string            `json:"UserAuthNMethod"`
+	RequestMethod    string            `json:"RequestMethod"`
+	RequestURI       string            `json:"RequestUri"`
+	RequestBody      []byte            `json:"RequestBody"`
+	RequestHeaders   map[string]string `json:"RequestHeaders"`
+	RequestPeerCerts json.RawMessage   `json:"RequestPeerCertificates"`
+}
+
+func decodeCall(w http.ResponseWriter, r *http.Request) (authorization.Request, error) {
+	var c call
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCallSize))
+	if err := dec.Decode(&c); err != nil {
+		return authorization.Request{}, fmt.Errorf("decode call: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return authorization.Request{}, errors.New("decode call: trailing data after the request object")
+	}
+	return authorization.Request{
+		User:            c.User,
+		UserAuthNMethod: c.UserAuthNMethod,
+		RequestMethod:   c.RequestMethod,
+		RequestURI:      c.RequestURI,
+		RequestBody:     c.RequestBody,
+		RequestHeaders:  c.RequestHeaders,
+	}, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
+	_ = json.NewEncoder(w).Encode(v) // the daemon treats a broken answer as a deny
+}
+
+// Listen opens the plugin's unix socket at path with mode 0660, replacing a
+// stale socket file but refusing to take over one that still answers.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s is already served by another process; stop it first", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	return l, nil
+}
+
+// Serve answers plugin calls on l until ctx ends, then stops accepting and
+// lets calls in flight finish (bounded by drain).
+func Serve(ctx context.Context, l net.Listener, h http.Handler, drain time.Duration) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		// A call is small; a client that takes longer than this to send
+		// one is not dockerd.
+		ReadTimeout: 30 * time.Second,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("drain in-flight calls: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,193 @@
+package rules
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+)
+
+// q URL-encodes a filters JSON value the way the docker CLI does.
+func q(filtersJSON string) string { return url.QueryEscape(filtersJSON) }
+
+func TestClassify(t *testing.T) {
+	noBody := map[string]string{"Content-Type": "text/plain", "Content-Length": "0"}
+	tests := []struct {
+		name    string
+		req     Request
+		want    Operation
+		target  string
+		force   bool
+		doubted bool
+	}{
+		// Reads never destroy, and cost nothing.
+		{name: "GET container list is other", req: Request{Method: "GET", URI: "/v1.41/containers/json"}, want: OpOther},
+		{name: "HEAD ping is other", req: Request{Method: "HEAD", URI: "/_ping"}, want: OpOther},
+		{name: "GET on a prune path is other (mux matches methods exactly)", req: Request{Method: "GET", URI: "/v1.41/images/prune"}, want: OpOther},
+		{name: "lower-case post matches no daemon route", req: Request{Method: "post", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"false":true}}`)}, want: OpOther},
+
+		// Image prune: what the CLI sends.
+		{name: "docker image prune -a is image-prune-all", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"false":true}}`), Headers: noBody}, want: OpImagePruneAll},
+		{name: "docker image prune is dangling-only", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"true":true}}`), Headers: noBody}, want: OpImagePrune},
+		{name: "image prune without filters is dangling-only", req: Request{Method: "POST", URI: "/v1.41/images/prune"}, want: OpImagePrune},
+		{name: "image prune with label filter only is dangling-only", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"label":{"a=b":true}}`)}, want: OpImagePrune},
+		// Image prune: filter JSON forms and boolean spellings.
+		{name: "legacy list form dangling false is prune-all", req: Request{Method: "POST", URI: "/images/prune?filters=" + q(`{"dangling":["false"]}`)}, want: OpImagePruneAll},
+		{name: "legacy list form dangling true is dangling-only", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":["true"]}`)}, want: OpImagePrune},
+		{name: "dangling 0 is prune-all", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"0":true}}`)}, want: OpImagePruneAll},
+		{name: "dangling 1 is dangling-only", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"1":true}}`)}, want: OpImagePrune},
+		{name: "dangling true and false together is prune-all (ExactMatch daemons)", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"true":true,"false":true}}`)}, want: OpImagePruneAll},
+		{name: "empty dangling value is prune-all (ExactMatch daemons)", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{}}`)}, want: OpImagePruneAll},
+		{name: "null dangling value is prune-all", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":null}`)}, want: OpImagePruneAll},
+		{name: "empty legacy dangling list is prune-all", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":[]}`)}, want: OpImagePruneAll},
+		{name: "dangling true mapped to false is not a true value", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"true":false}}`)}, want: OpImagePruneAll},
+		{name: "duplicate JSON key: the last occurrence wins", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"true":true},"dangling":{"false":true}}`)}, want: OpImagePruneAll},
+		{name: "duplicate JSON key: last true wins", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"false":true},"dangling":{"true":true}}`)}, want: OpImagePrune},
+		{name: "unicode-escaped key decodes to dangling", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"\u0064angling":{"f\u0061lse":true}}`)}, want: OpImagePruneAll},
+		{name: "capitalised Dangling is another key (daemon rejects it)", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"Dangling":{"false":true}}`)}, want: OpImagePrune},
+		{name: "filters null is dangling-only", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=null"}, want: OpImagePrune},
+		{name: "invalid filters JSON is read as prune-all", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=%7Bnope"}, want: OpImagePruneAll, doubted: true},
+		// Image prune: where the daemon reads parameters.
+		{name: "repeated filters: the first one wins", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"false":true}}`) + "&filters=" + q(`{"dangling":{"true":true}}`)}, want: OpImagePruneAll},
+		{name: "repeated filters: a later prune-all does not count", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"true":true}}`) + "&filters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePrune},
+		{name: "percent-encoded parameter name is filters", req: Request{Method: "POST", URI: "/v1.41/images/prune?%66ilters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePruneAll},
+		{name: "semicolon in query is doubted", req: Request{Method: "POST", URI: "/v1.41/images/prune?x=1;filters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePruneAll, doubted: true},
+		{name: "bad escape in query is doubted", req: Request{Method: "POST", URI: "/v1.41/images/prune?x=%zz&filters=" + q(`{"dangling":{"true":true}}`)}, want: OpImagePruneAll, doubted: true},
+		{name: "form body the plugin cannot see is doubted", req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"true":true}}`), Headers: map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "40"}}, want: OpImagePruneAll, doubted: true},
+		{name: "chunked form body (no Content-Length) is doubted", req: Request{Method: "POST", URI: "/v1.41/images/prune", Headers: map[string]string{"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}}, want: OpImagePruneAll, doubted: true},
+		{name: "body under a non-form last Content-Type may hide a form Content-Type", req: Request{Method: "POST", URI: "/v1.41/images/prune", Headers: map[string]string{"Content-Type": "text/plain", "Content-Length": "12"}}, want: OpImagePruneAll, doubted: true},
+		{name: "forwarded JSON body means the daemon reads the query only", req: Request{Method: "POST", URI: "/v1.41/images/prune", Headers: map[string]string{"Content-Type": "application/json"}, Body: []byte(`{"filters":"x"}`)}, want: OpImagePrune},
+		{name: "no Content-Type means no form body", req: Request{Method: "POST", URI: "/v1.41/images/prune", Headers: map[string]string{"Content-Length": "30"}}, want: OpImagePrune},
+		{name: "lower-case header keys from a non-dockerd caller are still read", req: Request{Method: "POST", URI: "/v1.41/images/prune", Headers: map[string]string{"content-type": "application/x-www-form-urlencoded"}}, want: OpImagePruneAll, doubted: true},
+		// Routing as dockerd's mux does it.
+		{name: "bare path routes", req: Request{Method: "POST", URI: "/images/prune?filters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePruneAll},
+		{name: "percent-encoded path routes after decoding", req: Request{Method: "POST", URI: "/v1.41/images/%70rune?filters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePruneAll},
+		{name: "absolute-form request target routes", req: Request{Method: "POST", URI: "http://docker/v1.41/images/prune?filters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePruneAll},
+		{name: "absolute-form with another scheme routes too", req: Request{Method: "POST", URI: "x://h/images/prune?filters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePruneAll},
+		{name: "odd version with leading zeros routes", req: Request{Method: "POST", URI: "/v1.041/images/prune?filters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePruneAll},
+		{name: "version of dots only routes", req: Request{Method: "POST", URI: "/v./images/prune?filters=" + q(`{"dangling":{"false":true}}`)}, want: OpImagePruneAll},
+		{name: "double slash is redirected, runs nothing", req: Request{Method: "POST", URI: "//images/prune?filters=" + q(`{"dangling":{"false":true}}`)}, want: OpOther},
+		{name: "dot segment is redirected, runs nothing", req: Request{Method: "POST", URI: "/v1.41/x/../images/prune"}, want: OpOther},
+		{name: "trailing slash does not match", req: Request{Method: "POST", URI: "/v1.41/images/prune/"}, want: OpOther},
+		{name: "case differs, no route", req: Request{Method: "POST", URI: "/v1.41/Images/prune"}, want: OpOther},
+		{name: "letters in version, no route", req: Request{Method: "POST", URI: "/v1.41a/images/prune"}, want: OpOther},
+		{name: "tag route for an image named prune is other", req: Request{Method: "POST", URI: "/v1.41/images/prune/tag?repo=x"}, want: OpOther},
+		{name: "container create is other", req: Request{Method: "POST", URI: "/v1.41/containers/create"}, want: OpOther},
+		{name: "image push is other", req: Request{Method: "POST", URI: "/v1.41/images/alpine/push"}, want: OpOther},
+
+		// Image delete.
+		{name: "docker rmi is image-delete", req: Request{Method: "DELETE", URI: "/v1.41/images/alpine:3.19"}, want: OpImageDelete, target: "alpine:3.19"},
+		{name: "docker rmi -f sets force", req: Request{Method: "DELETE", URI: "/v1.41/images/alpine?force=1"}, want: OpImageDelete, target: "alpine", force: true},
+		{name: "force=maybe is true (BoolValue)", req: Request{Method: "DELETE", URI: "/v1.41/images/alpine?force=maybe"}, want: OpImageDelete, target: "alpine", force: true},
+		{name: "force=NONE is false", req: Request{Method: "DELETE", URI: "/v1.41/images/alpine?force=%20NONE%20"}, want: OpImageDelete, target: "alpine"},
+		{name: "name with registry, path and tag", req: Request{Method: "DELETE", URI: "/v1.41/images/registry.example:5000/base/node:20"}, want: OpImageDelete, target: "registry.example:5000/base/node:20"},
+		{name: "encoded slash in name decodes", req: Request{Method: "DELETE", URI: "/images/library%2Fbusybox"}, want: OpImageDelete, target: "library/busybox"},
+		{name: "digest reference", req: Request{Method: "DELETE", URI: "/v1.41/images/busybox@sha256:abc"}, want: OpImageDelete, target: "busybox@sha256:abc"},
+		{name: "DELETE /images/prune deletes an image named prune", req: Request{Method: "DELETE", URI: "/v1.41/images/prune"}, want: OpImageDelete, target: "prune"},
+		{name: "container delete is other", req: Request{Method: "DELETE", URI: "/v1.41/containers/abc?force=1"}, want: OpOther},
+
+		// Build cache.
+		{name: "builder prune is build-prune", req: Request{Method: "POST", URI: "/v1.41/build/prune", Headers: noBody}, want: OpBuildPrune},
+		{name: "builder prune -a is build-prune-all", req: Request{Method: "POST", URI: "/v1.41/build/prune?all=1", Headers: noBody}, want: OpBuildPruneAll},
+		{name: "all=yes is true (BoolValue)", req: Request{Method: "POST", URI: "/v1.41/build/prune?all=yes"}, want: OpBuildPruneAll},
+		{name: "all=false is false", req: Request{Method: "POST", URI: "/v1.41/build/prune?all=false"}, want: OpBuildPrune},
+		{name: "all=0 then all=1: the first wins", req: Request{Method: "POST", URI: "/v1.41/build/prune?all=0&all=1"}, want: OpBuildPrune},
+		{name: "hidden form body on build prune is doubted", req: Request{Method: "POST", URI: "/v1.41/build/prune", Headers: map[string]string{"Content-Type": "application/x-www-form-urlencoded"}}, want: OpBuildPruneAll, doubted: true},
+
+		// Containers and networks.
+		{name: "container prune", req: Request{Method: "POST", URI: "/v1.41/containers/prune"}, want: OpContainerPrune},
+		{name: "network prune", req: Request{Method: "POST", URI: "/v1.41/networks/prune?filters=" + q(`{"until":{"24h":true}}`)}, want: OpNetworkPrune},
+
+		// Volumes: API-version-dependent default.
+		{name: "volume prune at API 1.41 prunes named volumes", req: Request{Method: "POST", URI: "/v1.41/volumes/prune"}, want: OpVolumePruneAll},
+		{name: "volume prune at API 1.42 is anonymous only", req: Request{Method: "POST", URI: "/v1.42/volumes/prune"}, want: OpVolumePrune},
+		{name: "volume prune at API 1.42 with all=true prunes named volumes", req: Request{Method: "POST", URI: "/v1.43/volumes/prune?filters=" + q(`{"all":{"true":true}}`)}, want: OpVolumePruneAll},
+		{name: "volume all filter key counts whatever its bool", req: Request{Method: "POST", URI: "/v1.43/volumes/prune?filters=" + q(`{"all":{"1":false}}`)}, want: OpVolumePruneAll},
+		{name: "volume all=false is anonymous only", req: Request{Method: "POST", URI: "/v1.43/volumes/prune?filters=" + q(`{"all":["false"]}`)}, want: OpVolumePrune},
+		{name: "volume all with two values is rejected by the daemon", req: Request{Method: "POST", URI: "/v1.43/volumes/prune?filters=" + q(`{"all":["true","false"]}`)}, want: OpVolumePrune},
+		{name: "volume version 1.41.9 is below 1.42", req: Request{Method: "POST", URI: "/v1.41.9/volumes/prune"}, want: OpVolumePruneAll},
+		{name: "volume version with leading zeros compares numerically", req: Request{Method: "POST", URI: "/v1.042/volumes/prune"}, want: OpVolumePrune},
+		{name: "volume version component overflowing int saturates like strconv.Atoi", req: Request{Method: "POST", URI: "/v1.99999999999999999999/volumes/prune"}, want: OpVolumePrune},
+		{name: "bare volume prune path is doubted (daemon default version)", req: Request{Method: "POST", URI: "/volumes/prune"}, want: OpVolumePruneAll, doubted: true},
+
+		// Plugins and BuildKit.
+		{name: "plugin disable names the plugin", req: Request{Method: "POST", URI: "/v1.41/plugins/prune-guard:latest/disable"}, want: OpPluginChange, target: "prune-guard:latest"},
+		{name: "plugin remove", req: Request{Method: "DELETE", URI: "/v1.41/plugins/prune-guard?force=1"}, want: OpPluginChange, target: "prune-guard"},
+		{name: "plugin set", req: Request{Method: "POST", URI: "/v1.41/plugins/prune-guard/set"}, want: OpPluginChange, target: "prune-guard"},
+		{name: "plugin upgrade", req: Request{Method: "POST", URI: "/v1.41/plugins/prune-guard/upgrade?remote=x"}, want: OpPluginChange, target: "prune-guard"},
+		{name: "plugin pull takes its name from the query", req: Request{Method: "POST", URI: "/v1.41/plugins/pull?remote=r&name=pg"}, want: OpPluginChange, target: "pg"},
+		{name: "plugin push is other", req: Request{Method: "POST", URI: "/v1.41/plugins/pg/push"}, want: OpOther},
+		{name: "grpc is a BuildKit stream", req: Request{Method: "POST", URI: "/grpc"}, want: OpBuildKitStream},
+		{name: "session is a BuildKit stream", req: Request{Method: "POST", URI: "/v1.41/session"}, want: OpBuildKitStream},
+
+		// Malformed plugin calls.
+		{name: "empty call is unknown", req: Request{}, want: OpUnknown, doubted: true},
+		{name: "method without URI is unknown", req: Request{Method: "DELETE"}, want: OpUnknown, doubted: true},
+		{name: "URI without method is unknown", req: Request{URI: "/v1.41/images/prune"}, want: OpUnknown, doubted: true},
+		{name: "unparsable URI on a POST is unknown", req: Request{Method: "POST", URI: "images/prune"}, want: OpUnknown, doubted: true},
+		{name: "bad path escape on a DELETE is unknown", req: Request{Method: "DELETE", URI: "/images/%zz"}, want: OpUnknown, doubted: true},
+	}
+	c := NewClassifier()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := c.Classify(tt.req)
+			if got.Op != tt.want {
+				t.Errorf("Op = %v, want %v (doubt %q)", got.Op, tt.want, got.Doubt)
+			}
+			if got.Target != tt.target {
+				t.Errorf("Target = %q, want %q", got.Target, tt.target)
+			}
+			if got.Force != tt.force {
+				t.Errorf("Force = %v, want %v", got.Force, tt.force)
+			}
+			if (got.Doubt != "") != tt.doubted {
+				t.Errorf("Doubt = %q, want doubted=%v", got.Doubt, tt.doubted)
+			}
+		})
+	}
+}
+
+func TestClassifyReadsAllocateNothing(t *testing.T) {
+	c := NewClassifier()
+	r := Request{Method: "GET", URI: "/v1.41/containers/json?all=1", Headers: map[string]string{"User-Agent": "x"}}
+	if n := testing.AllocsPerRun(100, func() { c.Classify(r) }); n != 0 {
+		t.Errorf("Classify(GET) allocates %v times, want 0", n)
+	}
+}
+
+func TestVersionCompareFollowsMoby(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"1.41", "1.42", -1},
+		{"1.42", "1.42", 0},
+		{"1.042", "1.42", 0},
+		{"1.43", "1.42", 1},
+		{"2", "1.42", 1},
+		{"1.41.9", "1.42", -1},
+		{"", "1.42", -1},
+		{".", "1.42", -1},
+		{"1.99999999999999999999", "1.42", 1}, // Atoi saturates on overflow
+		{"1.x", "1.42", -1},                     // and a non-number counts as 0
+	}
+	for _, tt := range tests {
+		if got := compareVersions(tt.a, tt.b); got != tt.want {
+			t.Errorf("compareVersions(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestOperationNamesRoundTrip(t *testing.T) {
+	for op := OpUnknown; op < numOperations; op++ {
+		s, err := ParseOperation(op.String())
+		if err != nil || !s.Has(op) {
+			t.Errorf("ParseOperation(%q) = %v, %v", op, s, err)
+		}
+	}
+	if _, err := ParseOperation("image-prune-everything"); err == nil || !strings.Contains(err.Error(), "image-prune-all") {
+		t.Errorf("unknown operation error should list valid names, got %v", err)
+	}
+	if s, _ := ParseOperation("any-prune"); !s.Has(OpVolumePrune) || s.Has(OpImageDelete) {
+		t.Errorf("any-prune = %v", s)
+	}
+}

@@ -1,0 +1,105 @@
+package rules
+
+import (
+	"net/http"
+	"path"
+	"strings"
+
+	"github.com/gorilla/mux"
+)
+
+// routeKind says which handler a matched route belongs to, and therefore which
+// parameters decide its Operation.
+type routeKind uint8
+
+const (
+	kindImagePrune routeKind = iota + 1
+	kindImageDelete
+	kindBuildPrune
+	kindContainerPrune
+	kindNetworkPrune
+	kindVolumePrune
+	kindPluginNamed // the plugin's name is the {name} path variable
+	kindPluginQuery // the plugin's name is the "name" query parameter
+	kindBuildKitStream
+)
+
+// ServeHTTP exists only so a routeKind can be stored as a mux route's handler
+// and read back from RouteMatch.Handler; the classifier never serves.
+func (routeKind) ServeHTTP(http.ResponseWriter, *http.Request) {}
+
+// versionMatcher is the prefix dockerd registers every route under, besides
+// the bare path (moby api/server/server.go, createMux).
+const versionMatcher = "/v{version:[0-9.]+}"
+
+// guardedRoutes are the daemon's own route templates for every handler that
+// can delete what prune-guard guards, copied from moby's api/server/router/*
+// (image, build, container, network, volume, plugin, session, grpc).
+//
+// Only guarded routes are registered. dockerd registers more routes, and
+// registration order decides which of two matching routes wins; none of the
+// daemon's other routes can match a path one of these templates matches
+// (checked against moby v20.10 to v29), and if one ever did, the result here
+// would be a needless deny, never a missed one.
+var guardedRoutes = []struct {
+	method, path string
+	kind         routeKind
+}{
+	{"POST", "/images/prune", kindImagePrune},
+	{"DELETE", "/images/{name:.*}", kindImageDelete},
+	{"POST", "/build/prune", kindBuildPrune},
+	{"POST", "/containers/prune", kindContainerPrune},
+	{"POST", "/networks/prune", kindNetworkPrune},
+	{"POST", "/volumes/prune", kindVolumePrune},
+	{"DELETE", "/plugins/{name:.*}", kindPluginNamed},
+	{"POST", "/plugins/{name:.*}/enable", kindPluginNamed},
+	{"POST", "/plugins/{name:.*}/disable", kindPluginNamed},
+	{"POST", "/plugins/pull", kindPluginQuery},
+	{"POST", "/plugins/{name:.*}/upgrade", kindPluginNamed},
+	{"POST", "/plugins/{name:.*}/set", kindPluginNamed},
+	{"POST", "/plugins/create", kindPluginQuery},
+	{"POST", "/session", kindBuildKitStream},
+	{"POST", "/grpc", kindBuildKitStream},
+}
+
+// guardedFragments holds a literal piece of every guarded template. A decoded
+// path that contains none of them cannot match any guarded route, which lets
+// the common POSTs (create, start, exec, ...) skip the router entirely.
+var guardedFragments = []string{"/images/", "/prune", "/plugins/", "/session", "/grpc"}
+
+func mayBeGuarded(path string) bool {
+	for _, f := range guardedFragments {
+		if strings.Contains(path, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// newRouter registers the guarded routes the way dockerd's createMux does:
+// the versioned template first, then the bare one, on a default mux router.
+func newRouter() *mux.Router {
+	m := mux.NewRouter()
+	for _, r := range guardedRoutes {
+		m.Path(versionMatcher + r.path).Methods(r.method).Handler(r.kind)
+		m.Path(r.path).Methods(r.method).Handler(r.kind)
+	}
+	return m
+}
+
+// cleanPath is gorilla/mux's cleanPath (mux.go, v1.8): dockerd's router
+// answers 301 without running any handler when the path is not already
+// clean, so such a request deletes nothing.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
+}
