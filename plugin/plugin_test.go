@@ -1,0 +1,282 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/docker/go-plugins-helpers/authorization"
+	"github.com/sirupsen/logrus"
+
+	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/rules"
+)
+
+// fakeRuns is a RunSource that counts how often it is asked.
+type fakeRuns struct {
+	runs  []rules.Run
+	err   error
+	panic bool
+	asked atomic.Int64
+}
+
+func (f *fakeRuns) Active(context.Context) ([]rules.Run, error) {
+	f.asked.Add(1)
+	if f.panic {
+		panic("engine client exploded")
+	}
+	return f.runs, f.err
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) lines(t *testing.T) []map[string]any {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
+		if l == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("audit line is not JSON: %q: %v", l, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func newTestGuard(runs *fakeRuns) (*Guard, *syncBuffer) {
+	buf := &syncBuffer{}
+	log := logrus.New()
+	log.SetOutput(&bytes.Buffer{})
+	return NewGuard(rules.Default(), runs, audit.New(buf, nil), log), buf
+}
+
+func post(t *testing.T, h http.Handler, path string, body []byte) authorization.Response {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", path, bytes.NewReader(body)))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("%s answered %d: %s", path, rec.Code, rec.Body)
+	}
+	var resp authorization.Response
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+		t.Fatalf("%s answer is not JSON: %q", path, rec.Body)
+	}
+	return resp
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+const pruneAllURI = "/v1.41/images/prune?filters=%7B%22dangling%22%3A%7B%22false%22%3Atrue%7D%7D"
+
+func TestActivateAnnouncesAuthz(t *testing.T) {
+	g, _ := newTestGuard(&fakeRuns{})
+	rec := httptest.NewRecorder()
+	Handler(g).ServeHTTP(rec, httptest.NewRequest("POST", "/Plugin.Activate", nil))
+	if got := strings.TrimSpace(rec.Body.String()); got != `{"Implements":["authz"]}` {
+		t.Errorf("Activate = %s", got)
+	}
+}
+
+func TestMalformedCallsAreDeniedWithAReason(t *testing.T) {
+	g, _ := newTestGuard(&fakeRuns{})
+	h := Handler(g)
+	for name, body := range map[string][]byte{
+		"empty body":          nil,
+		"not JSON":            []byte("DELETE /images/x"),
+		"wrong field type":    []byte(`{"RequestMethod":7,"RequestUri":"/images/x"}`),
+		"trailing data":       []byte(`{"RequestMethod":"GET","RequestUri":"/_ping"} {"x":1}`),
+		"empty object":        []byte(`{}`),
+		"null":                []byte(`null`),
+		"bad base64 body":     []byte(`{"RequestMethod":"POST","RequestUri":"/images/prune","RequestBody":"!!"}`),
+		"oversized call":      append(append([]byte(`{"RequestMethod":"DELETE","RequestUri":"/images/x","RequestBody":"`), bytes.Repeat([]byte("A"), maxCallSize)...), []byte(`"}`)...),
+		"method only, delete": []byte(`{"RequestMethod":"DELETE"}`),
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp := post(t, h, "/AuthZPlugin.AuthZReq", body)
+			if resp.Allow || !strings.HasPrefix(resp.Msg, "prune-guard: ") {
+				t.Errorf("got %+v, want a deny that says why", resp)
+			}
+		})
+	}
+}
+
+func TestBogusPeerCertificateDoesNotCrash(t *testing.T) {
+	g, _ := newTestGuard(&fakeRuns{})
+	body := []byte(`{"RequestMethod":"GET","RequestUri":"/_ping","RequestPeerCertificates":["bm90IGEgY2VydA=="]}`)
+	if resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", body); !resp.Allow {
+		t.Errorf("a read with a bogus certificate should pass: %+v", resp)
+	}
+}
+
+func TestReadsPassWithoutEngineQueryOrAudit(t *testing.T) {
+	runs := &fakeRuns{err: errors.New("engine down")}
+	g, buf := newTestGuard(runs)
+	h := Handler(g)
+	for _, r := range []authorization.Request{
+		{RequestMethod: "GET", RequestURI: "/v1.41/containers/json"},
+		{RequestMethod: "POST", RequestURI: "/v1.41/containers/create", RequestHeaders: map[string]string{"Content-Type": "application/json"}, RequestBody: []byte(`{"Image":"x"}`)},
+		{RequestMethod: "HEAD", RequestURI: "/_ping"},
+	} {
+		if resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, r)); !resp.Allow {
+			t.Errorf("%s %s denied: %s", r.RequestMethod, r.RequestURI, resp.Msg)
+		}
+	}
+	if n := runs.asked.Load(); n != 0 {
+		t.Errorf("engine asked %d times for non-destructive requests", n)
+	}
+	if lines := buf.lines(t); len(lines) != 0 {
+		t.Errorf("non-destructive requests were audited: %v", lines)
+	}
+}
+
+func TestPruneAllIsDeniedAndAudited(t *testing.T) {
+	runs := &fakeRuns{}
+	g, buf := newTestGuard(runs)
+	req := authorization.Request{RequestMethod: "POST", RequestURI: pruneAllURI, User: "alice"}
+	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, req))
+	if resp.Allow || !strings.Contains(resp.Msg, "(rule no-prune-all)") {
+		t.Fatalf("got %+v", resp)
+	}
+	if runs.asked.Load() != 0 {
+		t.Errorf("an always-deny rule must not wait on the engine")
+	}
+	lines := buf.lines(t)
+	if len(lines) != 1 {
+		t.Fatalf("want 1 audit line, got %v", lines)
+	}
+	l := lines[0]
+	for k, want := range map[string]any{"decision": "deny", "rule": "no-prune-all", "operation": "image-prune-all", "method": "POST", "uri": pruneAllURI, "user": "alice"} {
+		if l[k] != want {
+			t.Errorf("audit %s = %v, want %v", k, l[k], want)
+		}
+	}
+	for _, k := range []string{"time", "reason", "runs"} {
+		if _, ok := l[k]; !ok {
+			t.Errorf("audit line lacks %q: %v", k, l)
+		}
+	}
+}
+
+func TestDeleteDuringRunIsDeniedAndNamesTheRun(t *testing.T) {
+	g, buf := newTestGuard(&fakeRuns{runs: []rules.Run{{Kind: "service", Name: "deploy", Label: "prune-guard.run", Value: "r9"}}})
+	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/base:1"}))
+	if resp.Allow || !strings.Contains(resp.Msg, "prune-guard.run=r9 (service deploy)") {
+		t.Fatalf("got %+v", resp)
+	}
+	if l := buf.lines(t)[0]; l["target"] != "base:1" || len(l["runs"].([]any)) != 1 {
+		t.Errorf("audit line %v", l)
+	}
+}
+
+func TestUnknownRunStateDeniesDestructiveRequests(t *testing.T) {
+	g, buf := newTestGuard(&fakeRuns{err: errors.New("dial unix /var/run/docker.sock: connect: no such file")})
+	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "POST", RequestURI: "/v1.41/containers/prune"}))
+	if resp.Allow || !strings.Contains(resp.Msg, "run state is unknown") || !strings.Contains(resp.Msg, "no such file") {
+		t.Fatalf("got %+v", resp)
+	}
+	if l := buf.lines(t)[0]; !strings.HasPrefix(l["runs"].([]any)[0].(string), "unknown: ") {
+		t.Errorf("audit should record the unknown run state: %v", l)
+	}
+}
+
+func TestPanicWhileDecidingIsADenyAndTheServerKeepsServing(t *testing.T) {
+	g, buf := newTestGuard(&fakeRuns{panic: true})
+	h := Handler(g)
+	resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/images/x"}))
+	if resp.Allow || !strings.Contains(resp.Msg, "failed while deciding") {
+		t.Fatalf("got %+v", resp)
+	}
+	if l := buf.lines(t)[0]; l["rule"] != internalErrorRule {
+		t.Errorf("audit %v", l)
+	}
+	if resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "GET", RequestURI: "/_ping"})); !resp.Allow {
+		t.Errorf("server stopped serving after a panic: %+v", resp)
+	}
+}
+
+func TestResponsePhaseAlwaysAllows(t *testing.T) {
+	g, _ := newTestGuard(&fakeRuns{})
+	h := Handler(g)
+	for _, body := range [][]byte{nil, []byte("junk"), mustJSON(t, authorization.Request{RequestMethod: "POST", RequestURI: pruneAllURI})} {
+		if resp := post(t, h, "/AuthZPlugin.AuthZRes", body); !resp.Allow {
+			t.Errorf("AuthZRes(%q) = %+v", body, resp)
+		}
+	}
+}
+
+func TestConcurrentDecisionsKeepAuditLinesWhole(t *testing.T) {
+	runs := &fakeRuns{runs: []rules.Run{{Kind: "container", Name: "c", Label: "l", Value: "v"}}}
+	g, buf := newTestGuard(runs)
+	h := Handler(g)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, r := range []authorization.Request{
+				{RequestMethod: "GET", RequestURI: "/v1.41/containers/json"},
+				{RequestMethod: "POST", RequestURI: pruneAllURI},
+				{RequestMethod: "DELETE", RequestURI: "/v1.41/images/a"},
+			} {
+				resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, r))
+				if resp.Allow == (r.RequestMethod != "GET") {
+					t.Errorf("%s %s: %+v", r.RequestMethod, r.RequestURI, resp)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := len(buf.lines(t)); n != 100 {
+		t.Errorf("want 100 whole audit lines, got %d", n)
+	}
+}
+
+func BenchmarkAuthZReqRead(b *testing.B) {
+	g, _ := newTestGuard(&fakeRuns{})
+	req := authorization.Request{RequestMethod: "GET", RequestURI: "/v1.41/containers/json", RequestHeaders: map[string]string{"User-Agent": "Docker-Client/28.2.2 (linux)"}}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		g.AuthZReq(ctx, req)
+	}
+}
+
+func BenchmarkHandlerRead(b *testing.B) {
+	g, _ := newTestGuard(&fakeRuns{})
+	body, _ := json.Marshal(authorization.Request{RequestMethod: "GET", RequestURI: "/v1.41/containers/json",
+		RequestHeaders: map[string]string{"User-Agent": "Docker-Client/28.2.2 (linux)", "Accept": "*/*"}})
+	h := Handler(g)
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/AuthZPlugin.AuthZReq", bytes.NewReader(body)))
+	}
+}
