@@ -168,7 +168,7 @@ func TestVersionCompareFollowsMoby(t *testing.T) {
 		{"", "1.42", -1},
 		{".", "1.42", -1},
 		{"1.99999999999999999999", "1.42", 1}, // Atoi saturates on overflow
-		{"1.x", "1.42", -1},                     // and a non-number counts as 0
+		{"1.x", "1.42", -1},                   // and a non-number counts as 0
 	}
 	for _, tt := range tests {
 		if got := compareVersions(tt.a, tt.b); got != tt.want {
