@@ -1,0 +1,21 @@
+// Package enginetest starts and drives a private Docker Engine (dockerd) for
+// end-to-end tests, optionally with a prune-guard authorization plugin in its
+// request chain.
+//
+// Every engine lives in its own short temporary directory: its own API
+// socket, data root, exec root, pidfile and (empty) daemon.json, with
+// --iptables=false, --ip-forward=false and --bridge=none, so that it changes
+// nothing on the host. The package must never talk to the host's own
+// /var/run/docker.sock, use /var/lib/docker, read /etc/docker/daemon.json or
+// the user's docker CLI configuration, or leave processes, mounts or
+// directories behind: every engine and plugin is stopped, its containers
+// removed, and its directory unmounted and deleted, by a t.Cleanup
+// registered when it is started. The only shared place it writes to is
+// /run/docker/plugins, where dockerd looks for plugin sockets; each plugin
+// gets a unique name there and its socket is removed on cleanup.
+//
+// Engines need Linux, root, dockerd, containerd, runc and the docker CLI
+// (BuildImage also needs a static busybox). Where they are
+// missing the tests are skipped, except under CI (CI=true), where they fail:
+// an end-to-end suite that silently skips in CI proves nothing.
+package enginetest

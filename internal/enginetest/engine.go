@@ -1,0 +1,458 @@
+package enginetest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Bounds on everything that waits for the engine.
+const (
+	startTimeout = 60 * time.Second // dockerd answering /_ping
+	stopTimeout  = 30 * time.Second // dockerd exiting after SIGTERM (it stops containers first)
+	killTimeout  = 10 * time.Second // any process exiting after SIGKILL
+	apiTimeout   = 30 * time.Second // one cleanup API call
+	pollInterval = 50 * time.Millisecond
+)
+
+// Options configures a private engine.
+type Options struct {
+	// ExtraArgs are appended to dockerd's command line, for example
+	// "--authorization-plugin=NAME".
+	ExtraArgs []string
+
+	// PluginArgs are appended to "prune-guard serve" by StartGuarded, for
+	// example "--run-label", "ci.run". Start ignores them.
+	PluginArgs []string
+}
+
+// Engine is a private dockerd started by Start.
+type Engine struct {
+	root   string // short temporary directory holding everything below
+	sock   string // dockerd's API socket
+	config string // DOCKER_CONFIG for the CLI, so the user's config is never read
+	log    string // dockerd's stdout and stderr
+	docker string // docker CLI binary
+
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when dockerd has exited
+	err    error         // dockerd's exit status, valid once exited is closed
+}
+
+// Start starts a private dockerd with opts and waits until it answers
+// /_ping. A t.Cleanup stops it, kills anything it left running, and removes
+// its directory. Start skips t (or fails it under CI) if this machine cannot
+// run an engine.
+func Start(t testing.TB, opts Options) *Engine {
+	t.Helper()
+	e := newEngine(t)
+	e.start(t, opts)
+	return e
+}
+
+// newEngine checks the machine and prepares the engine's directory, so that
+// its socket path is known before dockerd starts (a plugin needs it first).
+func newEngine(t testing.TB) *Engine {
+	t.Helper()
+	tools := requireEngine(t)
+	// Unix socket paths are limited to 108 bytes and dockerd nests
+	// containerd's sockets under its exec root, so the root must be short:
+	// not t.TempDir(), whose path contains the test's name.
+	root, err := os.MkdirTemp("/tmp", "pg")
+	if err != nil {
+		t.Fatalf("enginetest: creating engine directory: %v", err)
+	}
+	e := &Engine{
+		root:   root,
+		sock:   filepath.Join(root, "d.sock"),
+		config: filepath.Join(root, "cli"),
+		log:    filepath.Join(root, "dockerd.log"),
+		docker: tools.docker,
+		exited: make(chan struct{}),
+	}
+	// Registered first, so it runs last: after the engine and any plugin
+	// started for it have stopped.
+	t.Cleanup(func() {
+		t.Helper()
+		e.removeRoot(t)
+	})
+	if err := os.Mkdir(e.config, 0o700); err != nil {
+		t.Fatalf("enginetest: creating CLI config directory: %v", err)
+	}
+	// An empty daemon.json, so that the host's /etc/docker/daemon.json is
+	// never read.
+	if err := os.WriteFile(filepath.Join(root, "daemon.json"), []byte("{}\n"), 0o600); err != nil {
+		t.Fatalf("enginetest: writing daemon.json: %v", err)
+	}
+	e.cmd = exec.Command(tools.dockerd) // arguments are set by start
+	return e
+}
+
+// start runs dockerd and waits until it answers /_ping.
+func (e *Engine) start(t testing.TB, opts Options) {
+	t.Helper()
+	ns := "pg-" + filepath.Base(e.root)
+	args := []string{
+		"--host", e.Host(),
+		"--data-root", filepath.Join(e.root, "data"),
+		"--exec-root", filepath.Join(e.root, "exec"),
+		"--pidfile", filepath.Join(e.root, "d.pid"),
+		"--config-file", filepath.Join(e.root, "daemon.json"),
+		// If the host runs a system containerd, dockerd 20.10 uses it
+		// instead of supervising its own; private namespaces keep this
+		// engine's objects apart from the host's engine even then.
+		"--containerd-namespace", ns,
+		"--containerd-plugins-namespace", ns + "-plugins",
+		"--iptables=false",
+		"--ip-forward=false",
+		"--bridge=none",
+	}
+	args = append(args, opts.ExtraArgs...)
+	e.cmd.Args = append([]string{e.cmd.Path}, args...)
+	e.cmd.Env = daemonEnv()
+	// If the test binary dies without running its cleanups, dockerd still
+	// gets a chance to stop its containers and containerd.
+	e.cmd.SysProcAttr = deathSignal(syscall.SIGTERM)
+	logf, err := os.Create(e.log)
+	if err != nil {
+		t.Fatalf("enginetest: creating dockerd log: %v", err)
+	}
+	defer logf.Close() // dockerd has its own descriptor once started
+	e.cmd.Stdout = logf
+	e.cmd.Stderr = logf
+	if err := e.cmd.Start(); err != nil {
+		t.Fatalf("enginetest: starting %s: %v", e.cmd.Path, err)
+	}
+	go func() {
+		e.err = e.cmd.Wait()
+		close(e.exited)
+	}()
+	t.Cleanup(func() {
+		t.Helper()
+		e.stop(t)
+	})
+
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := e.waitReady(ctx); err != nil {
+		t.Fatalf("enginetest: dockerd %s: %v\n%s", strings.Join(args, " "), err, tail(e.log, "dockerd log"))
+	}
+	t.Logf("enginetest: dockerd at %s ready in %v; CLI %s", e.Host(), time.Since(began).Round(time.Millisecond), e.docker)
+}
+
+// waitReady polls /_ping until it answers 200, dockerd exits, or ctx ends.
+func (e *Engine) waitReady(ctx context.Context) error {
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	var last error
+	for {
+		last = e.ping(ctx)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-e.exited:
+			return fmt.Errorf("exited before answering /_ping: %v", e.err)
+		case <-ctx.Done():
+			return fmt.Errorf("not answering /_ping after %v: %v", startTimeout, last)
+		case <-tick.C:
+		}
+	}
+}
+
+func (e *Engine) ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := e.api(ctx, http.MethodGet, "/_ping")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("/_ping: %s", resp.Status)
+	}
+	return nil
+}
+
+// Host is the engine's address for DOCKER_HOST or --docker-host.
+func (e *Engine) Host() string { return "unix://" + e.sock }
+
+// Socket is the path of the engine's API socket.
+func (e *Engine) Socket() string { return e.sock }
+
+// LogTail returns the end of dockerd's log, for failure messages.
+func (e *Engine) LogTail() string { return tail(e.log, "dockerd log") }
+
+// api sends one request through the engine's socket, for the harness's own
+// bookkeeping. Tests that need exact bytes on the wire use HTTP or RawHTTP.
+func (e *Engine) api(ctx context.Context, method, path string) (*http.Response, error) {
+	c := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", e.sock)
+		},
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, method, "http://docker"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.Do(req)
+}
+
+// stop removes the engine's containers, leaves any swarm, and stops dockerd:
+// SIGTERM, then SIGKILL after stopTimeout. Whatever still runs from the
+// engine's directory or in its containers' cgroups afterwards is killed, and
+// its mounts are detached.
+func (e *Engine) stop(t testing.TB) {
+	t.Helper()
+	began := time.Now()
+	ids := e.removeContainers(t)
+	t.Logf("enginetest: removed %d containers in %v", len(ids), time.Since(began).Round(time.Millisecond))
+	select {
+	case <-e.exited:
+		t.Errorf("enginetest: dockerd exited during the test: %v", e.err)
+	default:
+		e.leaveSwarm(t)
+		if err := e.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Logf("enginetest: SIGTERM dockerd: %v", err)
+		}
+		if !waitClosed(e.exited, stopTimeout) {
+			t.Errorf("enginetest: dockerd still running %v after SIGTERM; killing it", stopTimeout)
+			_ = e.cmd.Process.Kill()
+			if !waitClosed(e.exited, killTimeout) {
+				t.Errorf("enginetest: dockerd (pid %d) survived SIGKILL", e.cmd.Process.Pid)
+			}
+		}
+	}
+	t.Logf("enginetest: dockerd stopped in %v", time.Since(began).Round(time.Millisecond))
+	for _, p := range killLeftovers(e.root, ids) {
+		t.Errorf("enginetest: killed leftover process of the engine: %s", p)
+	}
+	for _, err := range unmountUnder(e.root) {
+		t.Errorf("enginetest: %v", err)
+	}
+	if t.Failed() {
+		t.Logf("%s", tail(e.log, "dockerd log"))
+	}
+}
+
+// removeContainers force-removes every container, so that dockerd's
+// shutdown does not wait out stop timeouts and no container survives it. It
+// returns the IDs it saw, to find their processes should any be left.
+func (e *Engine) removeContainers(t testing.TB) []string {
+	t.Helper()
+	select {
+	case <-e.exited:
+		return nil
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	resp, err := e.api(ctx, http.MethodGet, "/containers/json?all=1")
+	if err != nil {
+		t.Logf("enginetest: listing containers for cleanup: %v", err)
+		return nil
+	}
+	var list []struct{ ID string }
+	err = decodeJSON(resp, &list)
+	if err != nil {
+		t.Logf("enginetest: listing containers for cleanup: %v", err)
+		return nil
+	}
+	var ids []string
+	for _, c := range list {
+		ids = append(ids, c.ID)
+		resp, err := e.api(ctx, http.MethodDelete, "/containers/"+c.ID+"?force=1&v=1")
+		if err != nil {
+			t.Logf("enginetest: removing container %.12s: %v", c.ID, err)
+			continue
+		}
+		resp.Body.Close()
+	}
+	return ids
+}
+
+// leaveSwarm leaves the swarm if the engine is in one; 503 means it is not.
+func (e *Engine) leaveSwarm(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	resp, err := e.api(ctx, http.MethodPost, "/swarm/leave?force=1")
+	if err != nil {
+		t.Logf("enginetest: leaving swarm: %v", err)
+		return
+	}
+	resp.Body.Close()
+}
+
+// removeRoot deletes the engine's directory once nothing uses it.
+func (e *Engine) removeRoot(t testing.TB) {
+	t.Helper()
+	for _, err := range unmountUnder(e.root) {
+		t.Errorf("enginetest: %v", err)
+	}
+	if err := os.RemoveAll(e.root); err != nil {
+		t.Errorf("enginetest: removing engine directory: %v", err)
+	}
+}
+
+// tools are the binaries an engine needs.
+type tools struct{ dockerd, docker string }
+
+// requireEngine returns the binaries an engine needs, or skips t (fails it
+// under CI) with the reason they cannot be used.
+func requireEngine(t testing.TB) tools {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		unavailable(t, "a private dockerd needs Linux, not %s", runtime.GOOS)
+	}
+	if os.Geteuid() != 0 {
+		unavailable(t, "a private dockerd needs root (euid is %d)", os.Geteuid())
+	}
+	var tl tools
+	for _, b := range []struct {
+		name string
+		path *string
+	}{
+		{"dockerd", &tl.dockerd},
+		{"containerd", nil},
+		{"containerd-shim-runc-v2", nil},
+		{"runc", nil},
+		{"docker", &tl.docker},
+	} {
+		p, err := lookPath(b.name)
+		if err != nil {
+			unavailable(t, "%s not found: %v", b.name, err)
+		}
+		if b.path != nil {
+			*b.path = p
+		}
+	}
+	return tl
+}
+
+// unavailable skips t with reason, or fails it when CI=true: in CI a missing
+// engine is a broken machine, not a reason to pass.
+func unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	reason := fmt.Sprintf(format, args...)
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("enginetest: %s (CI=true: end-to-end tests must run, not skip)", reason)
+	}
+	t.Skipf("enginetest: %s", reason)
+}
+
+// sbinPath are directories dockerd and its helpers live in, which a
+// non-login PATH may lack.
+var sbinPath = []string{"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"}
+
+// lookPath finds name on PATH or in the system binary directories.
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range sbinPath {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("not on PATH nor in %s", strings.Join(sbinPath, ":"))
+}
+
+// daemonEnv is the environment for dockerd: ours without DOCKER_* settings
+// (DOCKER_HOST and friends are for clients, DOCKER_TMPDIR would move the
+// daemon's files), with the system directories on PATH for containerd,
+// runc and docker-init.
+func daemonEnv() []string {
+	var env []string
+	path := ""
+	for _, kv := range os.Environ() {
+		switch {
+		case strings.HasPrefix(kv, "DOCKER_"):
+		case strings.HasPrefix(kv, "PATH="):
+			path = strings.TrimPrefix(kv, "PATH=")
+		default:
+			env = append(env, kv)
+		}
+	}
+	dirs := filepath.SplitList(path)
+	for _, d := range sbinPath {
+		if !contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return append(env, "PATH="+strings.Join(dirs, string(filepath.ListSeparator)))
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// waitClosed reports whether ch closes within d.
+func waitClosed(ch <-chan struct{}, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-timer.C:
+		return false
+	}
+}
+
+// tail returns the last lines of the file at path, labelled, for failure
+// messages.
+func tail(path, label string) string {
+	const maxBytes, maxLines = 16 << 10, 40
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("--- %s: %v", label, err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > maxBytes {
+		if _, err := f.Seek(-maxBytes, io.SeekEnd); err != nil {
+			return fmt.Sprintf("--- %s: %v", label, err)
+		}
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Sprintf("--- %s: %v", label, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > maxLines {
+		lines = lines[len(lines)-maxLines:]
+	}
+	return fmt.Sprintf("--- last lines of %s (%s):\n%s\n--- end of %s", label, path, strings.Join(lines, "\n"), label)
+}
+
+// decodeJSON decodes a successful response's body into v and closes it.
+func decodeJSON(resp *http.Response, v any) error {
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("decoding response: %w", err)
+	}
+	return nil
+}

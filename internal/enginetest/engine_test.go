@@ -1,0 +1,83 @@
+package enginetest
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestEngineLeavesNothingBehind drives a plain engine (no plugin) through
+// every helper, then checks that its cleanup removed its directory, mounts
+// and processes, containers and swarm included.
+func TestEngineLeavesNothingBehind(t *testing.T) {
+	var root string
+	t.Run("engine", func(t *testing.T) {
+		e := Start(t, Options{})
+		root = e.root
+		if n := len(e.sock); n >= 108 {
+			t.Fatalf("socket path %q is %d bytes, too long for a unix socket", e.sock, n)
+		}
+
+		id := e.BuildImage(t, "pg-self:1", map[string]string{"etc/extra.txt": "x"}, map[string]string{"pg.test": "yes"})
+		if !e.ImageExists(t, "pg-self:1") || !e.ImageExists(t, id) {
+			t.Fatalf("built image %s not found", id)
+		}
+		if e.ImageExists(t, "pg-self:missing") {
+			t.Fatal("ImageExists reports a tag that was never built")
+		}
+		dangling := e.MakeDangling(t)
+		if ids := e.ImageIDs(t); !slices.Contains(ids, id) || !slices.Contains(ids, dangling) {
+			t.Fatalf("ImageIDs = %v, want %s and %s among them", ids, id, dangling)
+		}
+
+		// The request line reaches dockerd as written: %70 decodes to
+		// "p" only on the daemon's side.
+		if status, body := e.HTTP(t, "GET", "/_%70ing", nil, nil); status != 200 || body != "OK" {
+			t.Fatalf("GET /_%%70ing = %d %q, want 200 OK", status, body)
+		}
+		if status, _ := e.HTTP(t, "POST", "/v1.41/images/pg-self:1/tag?repo=pg-self&tag=2", map[string]string{"Content-Type": "application/json"}, []byte{}); status != 201 {
+			t.Fatalf("tagging through raw HTTP: status %d, want 201", status)
+		}
+		if !e.ImageExists(t, "pg-self:2") {
+			t.Fatal("tag made through raw HTTP not found")
+		}
+
+		// Left for cleanup to remove: a running and a paused container
+		// and a swarm with a service.
+		e.MustDocker(t, "run", "-d", "--label", "pg.test=running", "pg-self:1")
+		paused := strings.TrimSpace(e.MustDocker(t, "run", "-d", "pg-self:1"))
+		if _, _, err := e.Docker(t, "pause", paused); err != nil {
+			t.Logf("pause unsupported here: %v", err)
+		}
+		e.SwarmInit(t)
+		e.MustDocker(t, "service", "create", "--detach", "--no-resolve-image", "--replicas", "0",
+			"--label", "pg.test=service", "--name", "pg-self", "pg-self:1")
+	})
+	if root == "" {
+		t.Fatal("engine subtest did not start an engine")
+	}
+	if _, err := os.Stat(root); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("engine directory %s still exists after cleanup (stat: %v)", root, err)
+	}
+	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(root+"/")) {
+			t.Errorf("process %s still refers to the engine: %q", filepath.Dir(p), bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(mounts, []byte(root)) {
+		t.Errorf("mounts under %s remain after cleanup", root)
+	}
+}
