@@ -138,13 +138,15 @@ func (c *Classifier) Classify(r Request) Classification {
 		return cl
 	}
 
+	// All three handlers parse filters first and reject the request when
+	// they do not parse.
+	f, err := parseFilters(form.values.Get("filters"))
+	if err != nil {
+		cl.Op, cl.Doubt = worst, "the filters parameter is not valid filter JSON"
+		return cl
+	}
 	switch kind {
 	case kindImagePrune:
-		f, err := parseFilters(form.values.Get("filters"))
-		if err != nil {
-			cl.Op, cl.Doubt = worst, "the filters parameter is not valid filter JSON"
-			return cl
-		}
 		cl.Op = OpImagePrune
 		if !danglingOnly(f) {
 			cl.Op = OpImagePruneAll
@@ -155,11 +157,6 @@ func (c *Classifier) Classify(r Request) Classification {
 			cl.Op = OpBuildPruneAll
 		}
 	case kindVolumePrune:
-		f, err := parseFilters(form.values.Get("filters"))
-		if err != nil {
-			cl.Op, cl.Doubt = worst, "the filters parameter is not valid filter JSON"
-			return cl
-		}
 		cl.Op = OpVolumePrune
 		switch {
 		case cl.APIVersion == "":

@@ -1,9 +1,6 @@
 package rules
 
-import (
-	"fmt"
-	"strings"
-)
+import "fmt"
 
 // Action is what a matching rule does with a request.
 type Action uint8
@@ -111,7 +108,5 @@ func Default() *Policy {
 
 // String renders a rule for logs and explanations.
 func (r Rule) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %s %s when %s", r.Name, r.Action, r.Match, r.When)
-	return b.String()
+	return fmt.Sprintf("%s: %s %s when %s", r.Name, r.Action, r.Match, r.When)
 }
