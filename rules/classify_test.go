@@ -91,6 +91,7 @@ func TestClassify(t *testing.T) {
 		{name: "all=yes is true (BoolValue)", req: Request{Method: "POST", URI: "/v1.41/build/prune?all=yes"}, want: OpBuildPruneAll},
 		{name: "all=false is false", req: Request{Method: "POST", URI: "/v1.41/build/prune?all=false"}, want: OpBuildPrune},
 		{name: "all=0 then all=1: the first wins", req: Request{Method: "POST", URI: "/v1.41/build/prune?all=0&all=1"}, want: OpBuildPrune},
+		{name: "invalid filters on build prune are doubted", req: Request{Method: "POST", URI: "/v1.41/build/prune?filters=%5B"}, want: OpBuildPruneAll, doubted: true},
 		{name: "hidden form body on build prune is doubted", req: Request{Method: "POST", URI: "/v1.41/build/prune", Headers: map[string]string{"Content-Type": "application/x-www-form-urlencoded"}}, want: OpBuildPruneAll, doubted: true},
 
 		// Containers and networks.
