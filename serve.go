@@ -56,7 +56,7 @@ With no policy file the built-in default policy applies (docs/policy.md).`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.socket, "socket", "/run/docker/plugins/prune-guard.sock", "unix socket to listen on; dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
+	f.StringVar(&o.socket, "socket", "/run/docker/plugins/prune-guard.sock", "unix socket to listen on, unless systemd passes one (socket activation); dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
 	f.StringVar(&o.dockerHost, "docker-host", defaultDockerHost(), "engine to ask which CI runs are active ($DOCKER_HOST when set)")
 	f.StringVar(&o.auditLog, "audit-log", "-", "JSON-lines audit file, created 0600 and appended to; - for standard output")
 	f.StringArrayVar(&o.runLabels, "run-label", []string{runs.DefaultLabel}, "label KEY or KEY=VALUE that marks a container or service as part of an active CI run (repeatable)")
@@ -89,19 +89,28 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	defer al.Close()
 
-	l, err := plugin.Listen(o.socket)
+	l, err := plugin.Inherited()
 	if err != nil {
 		return err
 	}
-	defer os.Remove(o.socket)
+	listening := "inherited socket (socket activation)"
+	if l == nil {
+		if l, err = plugin.Listen(o.socket); err != nil {
+			return err
+		}
+		// Only a socket prune-guard created is its to remove; an inherited
+		// one belongs to systemd and must outlive this process.
+		defer os.Remove(o.socket)
+		listening = o.socket
+	}
 
 	g := plugin.NewGuard(rules.Default(), tracker, al, log)
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log.WithFields(logrus.Fields{"socket": o.socket, "docker_host": o.dockerHost, "run_labels": o.runLabels, "policy": "built-in default"}).
+	log.WithFields(logrus.Fields{"socket": listening, "docker_host": o.dockerHost, "run_labels": o.runLabels, "policy": "built-in default"}).
 		Info("prune-guard serving")
-	al.Event("prune-guard started", map[string]any{"socket": o.socket, "policy": "built-in default"})
+	al.Event("prune-guard started", map[string]any{"socket": listening, "policy": "built-in default"})
 	err = plugin.Serve(ctx, l, plugin.Handler(g), 10*time.Second)
 	al.Event("prune-guard stopped", nil)
 	return err
