@@ -34,7 +34,7 @@ func BenchmarkEvaluateDeny(b *testing.B) {
 	c := NewClassifier()
 	p := Default()
 	cl := c.Classify(Request{Method: "POST", URI: "/v1.41/images/prune?filters=%7B%22dangling%22%3A%7B%22false%22%3Atrue%7D%7D"})
-	facts := FactsFunc(func() RunState { return RunState{} })
+	facts := FactsFuncs{RunsFunc: func() RunState { return RunState{} }}
 	b.ReportAllocs()
 	for b.Loop() {
 		Evaluate(cl, p, facts)

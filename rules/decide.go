@@ -26,18 +26,55 @@ type RunState struct {
 	Err    error
 }
 
-// Facts supplies what a decision needs from outside the request. Evaluate
-// asks at most once per decision, and only when a rule's condition needs it,
-// so requests decided by request alone never wait on the engine.
-type Facts interface {
-	Runs() RunState
+// Check is the answer to "is this protected?". A non-nil Err means the
+// answer is unknown, and deny rules then apply.
+type Check struct {
+	Yes bool
+	Why string
+	Err error
 }
 
-// FactsFunc adapts a function to Facts.
-type FactsFunc func() RunState
+// Facts supplies what a decision needs from outside the request. Evaluate
+// asks each question at most once per decision, and only when a rule's
+// condition needs it, so requests decided by the request alone never wait on
+// the engine.
+type Facts interface {
+	Runs() RunState
+	ImageProtected(ref string) Check
+	PluginProtected(name string) Check
+}
 
-// Runs calls f.
-func (f FactsFunc) Runs() RunState { return f() }
+// FactsFuncs adapts functions to Facts. A nil function answers "no run" or
+// "not protected".
+type FactsFuncs struct {
+	RunsFunc   func() RunState
+	ImageFunc  func(ref string) Check
+	PluginFunc func(name string) Check
+}
+
+// Runs calls f.RunsFunc.
+func (f FactsFuncs) Runs() RunState {
+	if f.RunsFunc == nil {
+		return RunState{}
+	}
+	return f.RunsFunc()
+}
+
+// ImageProtected calls f.ImageFunc.
+func (f FactsFuncs) ImageProtected(ref string) Check {
+	if f.ImageFunc == nil {
+		return Check{}
+	}
+	return f.ImageFunc(ref)
+}
+
+// PluginProtected calls f.PluginFunc.
+func (f FactsFuncs) PluginProtected(name string) Check {
+	if f.PluginFunc == nil {
+		return Check{}
+	}
+	return f.PluginFunc(name)
+}
 
 // Decision is the outcome of evaluating a request against a policy.
 type Decision struct {
@@ -70,14 +107,17 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 		}
 	}
 	var (
-		state RunState
-		asked bool
+		state     RunState
+		asked     bool
+		prot      Check
+		protAsked bool
 	)
 	for _, r := range p.Rules {
 		if !r.Match.Has(c.Op) {
 			continue
 		}
-		if r.When == RunActive {
+		switch r.When {
+		case RunActive:
 			if !asked {
 				state, asked = facts.Runs(), true
 			}
@@ -86,19 +126,41 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 				// An allow rule cannot be taken on an unknown state.
 				continue
 			case state.Err != nil:
-				return decide(r, c, Decision{RunsErr: state.Err,
+				return decide(p, r, c, Decision{RunsErr: state.Err,
 					Message: fmt.Sprintf("prune-guard: %s is blocked because the CI run state is unknown (rule %s): %v; retry when the engine answers",
 						describe(c), r.Name, state.Err)})
 			case len(state.Active) == 0:
 				continue
 			}
-			return decide(r, c, Decision{Runs: state.Active,
+			return decide(p, r, c, Decision{Runs: state.Active,
 				Message: fmt.Sprintf("prune-guard: %s is blocked while a CI run is active (rule %s): active %s; %s",
 					describe(c), r.Name, listRuns(state.Active), r.Message)})
+		case ImageProtected, PluginProtected:
+			if !protAsked {
+				if r.When == ImageProtected {
+					prot = facts.ImageProtected(c.Target)
+				} else {
+					prot = facts.PluginProtected(c.Target)
+				}
+				protAsked = true
+			}
+			switch {
+			case prot.Err != nil && r.Action == Allow:
+				continue
+			case prot.Err != nil:
+				return decide(p, r, c, Decision{
+					Message: fmt.Sprintf("prune-guard: %s is blocked because prune-guard cannot tell whether it is protected (rule %s): %v; retry when the engine answers",
+						describe(c), r.Name, prot.Err)})
+			case !prot.Yes:
+				continue
+			}
+			return decide(p, r, c, Decision{
+				Message: fmt.Sprintf("prune-guard: %s is blocked (rule %s): %s; %s", describe(c), r.Name, prot.Why, r.Message)})
+		default:
+			return decide(p, r, c, Decision{
+				Message: fmt.Sprintf("prune-guard: %s is blocked (rule %s): %s", describe(c), r.Name, r.Message),
+			})
 		}
-		return decide(r, c, Decision{
-			Message: fmt.Sprintf("prune-guard: %s is blocked (rule %s): %s", describe(c), r.Name, r.Message),
-		})
 	}
 	d := Decision{Allow: true}
 	if asked {
@@ -107,13 +169,17 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 	return d
 }
 
-// decide completes d for rule r's action.
-func decide(r Rule, c Classification, d Decision) Decision {
+// decide completes d for rule r's action under p's mode.
+func decide(p *Policy, r Rule, c Classification, d Decision) Decision {
 	d.Rule = r.Name
 	if c.Doubt != "" {
 		d.Message += fmt.Sprintf(" (read as %s because %s)", c.Op.Describe(), c.Doubt)
 	}
-	switch r.Action {
+	action := r.Action
+	if action == Deny && p.Mode == WarnOnly {
+		action = Warn
+	}
+	switch action {
 	case Allow:
 		d.Allow, d.Message = true, ""
 	case Warn:

@@ -48,7 +48,7 @@ func TestDefaultPolicy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			asked := 0
-			d := Evaluate(tt.c, p, FactsFunc(func() RunState { asked++; return tt.runs }))
+			d := Evaluate(tt.c, p, FactsFuncs{RunsFunc: func() RunState { asked++; return tt.runs }})
 			if d.Allow != tt.allow || d.Rule != tt.rule {
 				t.Fatalf("Evaluate = allow %v rule %q (%s), want allow %v rule %q", d.Allow, d.Rule, d.Message, tt.allow, tt.rule)
 			}
@@ -73,12 +73,12 @@ func TestWarnAndAllowActions(t *testing.T) {
 		{Name: "warn-prune", Match: AnyPrune, When: Always, Action: Warn, Message: "m"},
 		{Name: "deny-delete", Match: Ops(OpImageDelete), When: Always, Action: Deny, Message: "m"},
 	}}
-	d := Evaluate(Classification{Op: OpImagePruneAll}, p, FactsFunc(func() RunState { return RunState{} }))
+	d := Evaluate(Classification{Op: OpImagePruneAll}, p, FactsFuncs{RunsFunc: func() RunState { return RunState{} }})
 	if !d.Allow || !d.Warned || d.Rule != "warn-prune" || d.Message == "" {
 		t.Errorf("warn rule: %+v", d)
 	}
 	// An allow rule conditioned on runs is skipped when the state is unknown.
-	d = Evaluate(Classification{Op: OpImageDelete}, p, FactsFunc(func() RunState { return RunState{Err: errors.New("x")} }))
+	d = Evaluate(Classification{Op: OpImageDelete}, p, FactsFuncs{RunsFunc: func() RunState { return RunState{Err: errors.New("x")} }})
 	if d.Allow || d.Rule != "deny-delete" {
 		t.Errorf("unknown state must not take an allow rule: %+v", d)
 	}
@@ -89,7 +89,7 @@ func TestDenialListsAtMostFiveRuns(t *testing.T) {
 	for i := 0; i < 8; i++ {
 		runs = append(runs, Run{Kind: "container", Name: "c", Label: "l", Value: "v"})
 	}
-	d := Evaluate(Classification{Op: OpContainerPrune}, Default(), FactsFunc(func() RunState { return RunState{Active: runs} }))
+	d := Evaluate(Classification{Op: OpContainerPrune}, Default(), FactsFuncs{RunsFunc: func() RunState { return RunState{Active: runs} }})
 	if !strings.Contains(d.Message, "and 3 more") {
 		t.Errorf("message %q should cut the run list", d.Message)
 	}

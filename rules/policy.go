@@ -1,6 +1,9 @@
 package rules
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Action is what a matching rule does with a request.
 type Action uint8
@@ -35,16 +38,77 @@ const (
 	Always Condition = iota
 	// RunActive applies the rule only while a CI run is active.
 	RunActive
+	// ImageProtected applies the rule only when the image a request names
+	// is protected (by reference pattern or label).
+	ImageProtected
+	// PluginProtected applies the rule only when the plugin a request
+	// names is protected.
+	PluginProtected
+
+	numConditions
 )
 
+var conditionNames = [numConditions]string{
+	Always:          "always",
+	RunActive:       "run-active",
+	ImageProtected:  "image-protected",
+	PluginProtected: "plugin-protected",
+}
+
 func (c Condition) String() string {
-	switch c {
-	case Always:
-		return "always"
-	case RunActive:
-		return "run-active"
+	if c < numConditions {
+		return conditionNames[c]
 	}
 	return fmt.Sprintf("Condition(%d)", uint8(c))
+}
+
+// ParseCondition returns the condition a policy names.
+func ParseCondition(name string) (Condition, error) {
+	for c, n := range conditionNames {
+		if n == name {
+			return Condition(c), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown condition %q (valid: %s)", name, strings.Join(conditionNames[:], ", "))
+}
+
+// ParseAction returns the action a policy names.
+func ParseAction(name string) (Action, error) {
+	for _, a := range []Action{Deny, Warn, Allow} {
+		if a.String() == name {
+			return a, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown action %q (valid: deny, warn, allow)", name)
+}
+
+// Mode is how a policy's deny rules act.
+type Mode uint8
+
+const (
+	// Enforce denies what deny rules match.
+	Enforce Mode = iota
+	// WarnOnly turns every deny rule into a warn rule: requests pass and
+	// are audited as would-deny. For rolling out a new policy.
+	WarnOnly
+)
+
+func (m Mode) String() string {
+	if m == WarnOnly {
+		return "warn"
+	}
+	return "enforce"
+}
+
+// ParseMode returns the mode a policy names.
+func ParseMode(name string) (Mode, error) {
+	switch name {
+	case "enforce":
+		return Enforce, nil
+	case "warn":
+		return WarnOnly, nil
+	}
+	return 0, fmt.Errorf("unknown mode %q (valid: enforce, warn)", name)
 }
 
 // Rule is one entry of a policy. The first rule that matches a request
@@ -61,13 +125,26 @@ type Rule struct {
 
 // Policy is an ordered list of rules; a request no rule matches is allowed.
 type Policy struct {
+	Mode  Mode
 	Rules []Rule
 }
 
 // Default is the built-in policy, the one that applies with no policy file.
 // docs/policy.md documents it rule by rule; keep the two in step.
 func Default() *Policy {
-	return &Policy{Rules: []Rule{
+	return &Policy{Rules: DefaultRules()}
+}
+
+// DefaultRules returns the built-in rules, first match wins.
+func DefaultRules() []Rule {
+	return []Rule{
+		{
+			Name:    "protect-self",
+			Match:   Ops(OpPluginChange),
+			When:    PluginProtected,
+			Action:  Deny,
+			Message: "prune-guard protects itself; take it out of dockerd's authorization plugins (daemon.json, then reload dockerd) before changing it",
+		},
 		{
 			Name:    "no-prune-all",
 			Match:   Ops(OpImagePruneAll),
@@ -90,6 +167,13 @@ func Default() *Policy {
 			Message: "it removes named volumes; remove a volume you mean to lose with 'docker volume rm NAME'",
 		},
 		{
+			Name:    "keep-protected",
+			Match:   Ops(OpImageDelete),
+			When:    ImageProtected,
+			Action:  Deny,
+			Message: "protected images are never deleted; change the policy's protect settings if it must go",
+		},
+		{
 			Name:    "no-prune-during-run",
 			Match:   AnyPrune,
 			When:    RunActive,
@@ -103,7 +187,7 @@ func Default() *Policy {
 			Action:  Deny,
 			Message: "retry after the run ends",
 		},
-	}}
+	}
 }
 
 // String renders a rule for logs and explanations.

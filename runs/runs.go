@@ -30,37 +30,42 @@ var activeStates = []string{"created", "running", "paused", "restarting"}
 // Tracker asks an engine which runs are active.
 type Tracker struct {
 	c       *client.Client
-	labels  []string
 	timeout time.Duration
 }
 
-// New returns a tracker for the engine at host (a DOCKER_HOST URL) that
-// counts containers and services carrying any of labels, each a key or
-// key=value. Each query is bounded by timeout.
-func New(host string, labels []string, timeout time.Duration) (*Tracker, error) {
-	if len(labels) == 0 {
-		return nil, errors.New("runs: no run labels configured")
-	}
-	for _, l := range labels {
-		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "=") {
-			return nil, fmt.Errorf("runs: invalid run label %q: want KEY or KEY=VALUE", l)
-		}
-	}
+// New returns a tracker for the engine at host (a DOCKER_HOST URL). Each
+// question is bounded by timeout.
+func New(host string, timeout time.Duration) (*Tracker, error) {
 	c, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation())
 	if err != nil {
 		return nil, fmt.Errorf("runs: engine client for %s: %w", host, err)
 	}
-	return &Tracker{c: c, labels: labels, timeout: timeout}, nil
+	return &Tracker{c: c, timeout: timeout}, nil
+}
+
+// ValidateLabels reports the first run label selector that is not KEY or
+// KEY=VALUE, or that there is none.
+func ValidateLabels(labels []string) error {
+	if len(labels) == 0 {
+		return errors.New("no run labels configured")
+	}
+	for _, l := range labels {
+		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "=") {
+			return fmt.Errorf("invalid run label %q: want KEY or KEY=VALUE", l)
+		}
+	}
+	return nil
 }
 
 // Close releases the engine client's connections.
 func (t *Tracker) Close() error { return t.c.Close() }
 
-// Labels returns the run label selectors the tracker counts.
-func (t *Tracker) Labels() []string { return append([]string(nil), t.labels...) }
-
-// Active lists the active runs. An error means the state is unknown.
-func (t *Tracker) Active(ctx context.Context) ([]rules.Run, error) {
+// Active lists the containers and services carrying any of the run label
+// selectors (KEY or KEY=VALUE). An error means the state is unknown.
+func (t *Tracker) Active(ctx context.Context, labels []string) ([]rules.Run, error) {
+	if err := ValidateLabels(labels); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
 
@@ -81,7 +86,7 @@ func (t *Tracker) Active(ctx context.Context) ([]rules.Run, error) {
 			errs = append(errs, err)
 		}
 	}
-	for _, sel := range t.labels {
+	for _, sel := range labels {
 		wg.Add(2)
 		go func() { defer wg.Done(); collect(t.containers(ctx, sel)) }()
 		go func() { defer wg.Done(); collect(t.services(ctx, sel)) }()

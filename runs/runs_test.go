@@ -52,11 +52,11 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func newTracker(t *testing.T, f *fakeEngine, labels ...string) *Tracker {
+func newTracker(t *testing.T, f *fakeEngine) *Tracker {
 	t.Helper()
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
-	tr, err := New("tcp://"+strings.TrimPrefix(srv.URL, "http://"), labels, time.Second)
+	tr, err := New("tcp://"+strings.TrimPrefix(srv.URL, "http://"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestContainersAndServicesAreRuns(t *testing.T) {
 		services:   []map[string]any{{"ID": "s1", "Spec": map[string]any{"Name": "deploy", "Labels": map[string]string{"prune-guard.run": "job-8"}}}},
 		queries:    make(chan string, 16),
 	}
-	runs, err := newTracker(t, f, DefaultLabel).Active(context.Background())
+	runs, err := newTracker(t, f).Active(context.Background(), []string{DefaultLabel})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestContainersAndServicesAreRuns(t *testing.T) {
 func TestNodeThatIsNotASwarmManagerHasNoServices(t *testing.T) {
 	f := &fakeEngine{serviceErr: http.StatusServiceUnavailable,
 		serviceMsg: `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`}
-	runs, err := newTracker(t, f, DefaultLabel).Active(context.Background())
+	runs, err := newTracker(t, f).Active(context.Background(), []string{DefaultLabel})
 	if err != nil || len(runs) != 0 {
 		t.Fatalf("runs %v, err %v; want none and no error", runs, err)
 	}
@@ -114,7 +114,7 @@ func TestNodeThatIsNotASwarmManagerHasNoServices(t *testing.T) {
 
 func TestEngineErrorMakesTheStateUnknown(t *testing.T) {
 	f := &fakeEngine{serviceErr: http.StatusInternalServerError, serviceMsg: "boom"}
-	if _, err := newTracker(t, f, DefaultLabel).Active(context.Background()); err == nil || !strings.Contains(err.Error(), "boom") {
+	if _, err := newTracker(t, f).Active(context.Background(), []string{DefaultLabel}); err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Fatalf("err = %v, want the engine's error", err)
 	}
 }
@@ -122,7 +122,7 @@ func TestEngineErrorMakesTheStateUnknown(t *testing.T) {
 func TestSlowEngineIsBoundedByTheTimeout(t *testing.T) {
 	f := &fakeEngine{delay: time.Minute}
 	start := time.Now()
-	_, err := newTracker(t, f, DefaultLabel).Active(context.Background())
+	_, err := newTracker(t, f).Active(context.Background(), []string{DefaultLabel})
 	if err == nil {
 		t.Fatal("a hung engine must make the state unknown")
 	}
@@ -133,7 +133,7 @@ func TestSlowEngineIsBoundedByTheTimeout(t *testing.T) {
 
 func TestSameContainerUnderTwoLabelsCountsOnce(t *testing.T) {
 	f := &fakeEngine{containers: []map[string]any{{"Id": "c1", "Names": []string{"/a"}, "Labels": map[string]string{"ci": "1", "job": "2"}}}}
-	runs, err := newTracker(t, f, "ci", "job=2").Active(context.Background())
+	runs, err := newTracker(t, f).Active(context.Background(), []string{"ci", "job=2"})
 	if err != nil || len(runs) != 1 {
 		t.Fatalf("runs %v err %v", runs, err)
 	}
@@ -141,7 +141,7 @@ func TestSameContainerUnderTwoLabelsCountsOnce(t *testing.T) {
 
 func TestInvalidLabelsAreRejected(t *testing.T) {
 	for _, labels := range [][]string{nil, {""}, {" "}, {"=x"}} {
-		if _, err := New("unix:///nonexistent.sock", labels, time.Second); err == nil {
+		if err := ValidateLabels(labels); err == nil {
 			t.Errorf("New(%q) accepted invalid labels", labels)
 		}
 	}
