@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"os/user"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,25 +17,36 @@ import (
 
 	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/plugin"
-	"github.com/prune-guard/prune-guard/rules"
+	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/resolve"
 	"github.com/prune-guard/prune-guard/runs"
 )
 
 type serveOptions struct {
-	socket        string
-	dockerHost    string
-	auditLog      string
-	runLabels     []string
-	engineTimeout time.Duration
-	logLevel      string
+	socket         string
+	socketGroup    string
+	dockerHost     string
+	auditLog       string
+	auditGroup     string
+	policyFile     string
+	policyOptional bool
+	runLabels      []string
+	runLabelsSet   bool
+	engineTimeout  time.Duration
+	watchInterval  time.Duration
+	logLevel       string
 }
 
-func defaultDockerHost() string {
-	if h := os.Getenv("DOCKER_HOST"); h != "" {
-		return h
+// envOr returns the environment variable's value, or def when it is unset:
+// a managed plugin or a systemd unit sets flags through the environment.
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
 	}
-	return "unix:///var/run/docker.sock"
+	return def
 }
+
+func defaultDockerHost() string { return envOr("DOCKER_HOST", "unix:///var/run/docker.sock") }
 
 func newServeCmd() *cobra.Command {
 	o := serveOptions{}
@@ -45,24 +59,59 @@ dockerd finds a plugin named NAME at /run/docker/plugins/NAME.sock, so with the
 default socket start dockerd with --authorization-plugin=prune-guard (or
 "authorization-plugins": ["prune-guard"] in daemon.json). Start prune-guard
 first: dockerd refuses to start while its authorization plugin is missing.
+Under systemd socket activation the socket systemd passes is used instead.
 
-With no policy file the built-in default policy applies (docs/policy.md).`,
+With no --policy the built-in default policy applies (docs/policy.md). A policy
+file is reloaded on SIGHUP and whenever its content changes; a file that does
+not load is rejected with an error in the log and the audit log, and the policy
+in force stays.
+
+Every flag can also be set through the environment (PRUNE_GUARD_SOCKET,
+PRUNE_GUARD_SOCKET_GROUP, PRUNE_GUARD_AUDIT_LOG, PRUNE_GUARD_AUDIT_GROUP,
+PRUNE_GUARD_POLICY, PRUNE_GUARD_POLICY_OPTIONAL=1, PRUNE_GUARD_RUN_LABELS as a
+comma-separated list, DOCKER_HOST); flags win.`,
 		Example: `  prune-guard serve
-  prune-guard serve --audit-log /var/log/prune-guard/audit.jsonl --run-label ci.run-id
-  prune-guard serve --socket /run/docker/plugins/prune-guard.sock --docker-host unix:///var/run/docker.sock`,
+  prune-guard serve --policy /etc/prune-guard/policy.yaml --policy-optional
+  prune-guard serve --audit-log /var/log/prune-guard/audit.jsonl --audit-group adm --run-label ci.run-id`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.runLabelsSet = cmd.Flags().Changed("run-label") || os.Getenv("PRUNE_GUARD_RUN_LABELS") != ""
 			return runServe(cmd.Context(), o)
 		},
 	}
+	defaultLabels := []string{runs.DefaultLabel}
+	if v := os.Getenv("PRUNE_GUARD_RUN_LABELS"); v != "" {
+		defaultLabels = strings.Split(v, ",")
+	}
+	optional, _ := strconv.ParseBool(os.Getenv("PRUNE_GUARD_POLICY_OPTIONAL"))
 	f := cmd.Flags()
-	f.StringVar(&o.socket, "socket", "/run/docker/plugins/prune-guard.sock", "unix socket to listen on, unless systemd passes one (socket activation); dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
-	f.StringVar(&o.dockerHost, "docker-host", defaultDockerHost(), "engine to ask which CI runs are active ($DOCKER_HOST when set)")
-	f.StringVar(&o.auditLog, "audit-log", "-", "JSON-lines audit file, created 0600 and appended to; - for standard output")
-	f.StringArrayVar(&o.runLabels, "run-label", []string{runs.DefaultLabel}, "label KEY or KEY=VALUE that marks a container or service as part of an active CI run (repeatable)")
-	f.DurationVar(&o.engineTimeout, "engine-timeout", 3*time.Second, "how long a decision may wait for the engine; past it the run state is unknown and destructive requests are refused")
+	f.StringVar(&o.socket, "socket", envOr("PRUNE_GUARD_SOCKET", "/run/docker/plugins/prune-guard.sock"), "unix socket to listen on, unless systemd passes one (socket activation); dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
+	f.StringVar(&o.socketGroup, "socket-group", envOr("PRUNE_GUARD_SOCKET_GROUP", ""), "group that may connect to the socket (mode 0660); default: the owner's group (root)")
+	f.StringVar(&o.dockerHost, "docker-host", defaultDockerHost(), "engine to ask which CI runs are active and what names refer to ($DOCKER_HOST when set)")
+	f.StringVar(&o.auditLog, "audit-log", envOr("PRUNE_GUARD_AUDIT_LOG", "-"), "JSON-lines audit file, appended to and created 0600; - for standard output")
+	f.StringVar(&o.auditGroup, "audit-group", envOr("PRUNE_GUARD_AUDIT_GROUP", ""), "group that may read the audit file (mode 0640 instead of 0600)")
+	f.StringVar(&o.policyFile, "policy", envOr("PRUNE_GUARD_POLICY", ""), "policy file (YAML or JSON; see 'prune-guard policy default'); default: the built-in policy")
+	f.BoolVar(&o.policyOptional, "policy-optional", optional, "a missing --policy file means the built-in policy until the file appears")
+	f.StringArrayVar(&o.runLabels, "run-label", defaultLabels, "label KEY or KEY=VALUE that marks a container or service as part of an active CI run (repeatable; overrides the policy's run.labels)")
+	f.DurationVar(&o.engineTimeout, "engine-timeout", 3*time.Second, "how long a decision may wait for the engine; past it the state is unknown and destructive requests are refused")
+	f.DurationVar(&o.watchInterval, "policy-poll", 2*time.Second, "how often to check the policy file for changes")
 	f.StringVar(&o.logLevel, "log-level", "info", "operational log level on stderr: debug, info, warn, error")
 	return cmd
+}
+
+// lookupGroup returns the numeric group ID for a name or number, -1 for "".
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	if id, err := strconv.Atoi(name); err == nil {
+		return id, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("group %q: %w", name, err)
+	}
+	return strconv.Atoi(g.Gid)
 }
 
 func runServe(ctx context.Context, o serveOptions) error {
@@ -73,21 +122,53 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log.SetLevel(lvl)
-	if o.engineTimeout <= 0 {
-		return errors.New("--engine-timeout must be positive")
+	if o.engineTimeout <= 0 || o.watchInterval <= 0 {
+		return errors.New("--engine-timeout and --policy-poll must be positive")
+	}
+	if o.runLabelsSet {
+		if err := runs.ValidateLabels(o.runLabels); err != nil {
+			return fmt.Errorf("--run-label: %w", err)
+		}
+	}
+	auditGID, err := lookupGroup(o.auditGroup)
+	if err != nil {
+		return fmt.Errorf("--audit-group: %w", err)
+	}
+	socketGID, err := lookupGroup(o.socketGroup)
+	if err != nil {
+		return fmt.Errorf("--socket-group: %w", err)
 	}
 
-	tracker, err := runs.New(o.dockerHost, o.runLabels, o.engineTimeout)
+	cfg, lastPolicy := policy.Default(), []byte(nil)
+	if o.policyFile != "" {
+		if cfg, lastPolicy, err = policy.LoadOptional(o.policyFile, o.policyOptional); err != nil {
+			return fmt.Errorf("--policy: %w", err)
+		}
+	}
+	if o.runLabelsSet {
+		cfg.RunLabels = o.runLabels
+	}
+
+	tracker, err := runs.New(o.dockerHost, o.engineTimeout)
 	if err != nil {
 		return err
 	}
 	defer tracker.Close()
+	names, err := resolve.New(o.dockerHost, o.engineTimeout)
+	if err != nil {
+		return err
+	}
+	defer names.Close()
 
-	al, err := audit.Open(o.auditLog)
+	al, err := audit.Open(o.auditLog, auditGID)
 	if err != nil {
 		return err
 	}
 	defer al.Close()
+	al.OnError(func(err error, failures int64) {
+		log.WithError(err).WithField("failures", failures).
+			Error("AUDIT LOG WRITE FAILED: decisions continue under the policy, but are not being recorded; free space or fix the audit file")
+	})
 
 	l, err := plugin.Inherited()
 	if err != nil {
@@ -95,7 +176,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	listening := "inherited socket (socket activation)"
 	if l == nil {
-		if l, err = plugin.Listen(o.socket); err != nil {
+		if l, err = plugin.Listen(o.socket, socketGID); err != nil {
 			return err
 		}
 		// Only a socket prune-guard created is its to remove; an inherited
@@ -104,13 +185,44 @@ func runServe(ctx context.Context, o serveOptions) error {
 		listening = o.socket
 	}
 
-	g := plugin.NewGuard(rules.Default(), tracker, al, log)
+	g := plugin.NewGuard(cfg, tracker, names, al, log)
+	apply := func(next *policy.Config, err error) {
+		if err != nil {
+			log.WithError(err).Error("policy rejected; the policy in force stays")
+			al.Event("policy rejected", map[string]any{"error": err.Error(), "policy": g.Config().ShortHash()})
+			return
+		}
+		if o.runLabelsSet {
+			next.RunLabels = o.runLabels
+		}
+		g.SetConfig(next)
+		log.WithFields(logrus.Fields{"source": next.Source, "policy": next.ShortHash()}).Info("policy loaded")
+		al.Event("policy loaded", map[string]any{"source": next.Source, "policy": next.Hash})
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log.WithFields(logrus.Fields{"socket": listening, "docker_host": o.dockerHost, "run_labels": o.runLabels, "policy": "built-in default"}).
-		Info("prune-guard serving")
-	al.Event("prune-guard started", map[string]any{"socket": listening, "policy": "built-in default"})
+	if o.policyFile != "" {
+		go policy.Watch(ctx, o.policyFile, o.policyOptional, o.watchInterval, lastPolicy, apply)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					next, _, err := policy.LoadOptional(o.policyFile, o.policyOptional)
+					apply(next, err)
+				}
+			}
+		}()
+	}
+
+	log.WithFields(logrus.Fields{"socket": listening, "docker_host": o.dockerHost, "run_labels": cfg.RunLabels,
+		"policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).Info("prune-guard serving")
+	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})
 	err = plugin.Serve(ctx, l, plugin.Handler(g), 10*time.Second)
 	al.Event("prune-guard stopped", nil)
 	return err

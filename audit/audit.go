@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -35,6 +37,8 @@ type Record struct {
 	Reason    string
 	Doubt     string
 	Duration  time.Duration
+	// Policy is the short hash of the policy that decided.
+	Policy string
 }
 
 // Log is an audit log. It is safe for concurrent use: logrus serializes
@@ -43,29 +47,69 @@ type Record struct {
 type Log struct {
 	l *logrus.Logger
 	c io.Closer
+	w *failWriter
 }
 
-// Open opens the audit log at path for appending, creating it owner-only
-// (0600); "-" means standard output.
-func Open(path string) (*Log, error) {
+// Open opens the audit log at path for appending; "-" means standard
+// output. The file is created owner-only (0600), or 0640 with group gid
+// when gid >= 0; an existing file that others can read is narrowed to that.
+func Open(path string, gid int) (*Log, error) {
 	if path == "-" || path == "" {
 		return New(os.Stdout, nil), nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	mode := os.FileMode(0o600)
+	if gid >= 0 {
+		mode = 0o640
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, mode)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	if err := secure(f, mode, gid); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit log %s: %w", path, err)
 	}
 	return New(f, f), nil
 }
 
+// secure gives an audit file its mode and group, whatever umask or an
+// earlier run left: the log names users and images, so it is never
+// world-readable.
+func secure(f *os.File, mode os.FileMode, gid int) error {
+	if gid >= 0 {
+		if err := f.Chown(-1, gid); err != nil {
+			return fmt.Errorf("set group: %w", err)
+		}
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm() != mode {
+		if err := f.Chmod(mode); err != nil {
+			return fmt.Errorf("set mode %o: %w", mode, err)
+		}
+	}
+	return nil
+}
+
 // New writes records to w and closes c (if any) on Close.
 func New(w io.Writer, c io.Closer) *Log {
+	fw := &failWriter{w: w}
 	l := logrus.New()
-	l.SetOutput(w)
+	l.SetOutput(fw)
 	l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
 	l.SetLevel(logrus.InfoLevel)
-	return &Log{l: l, c: c}
+	return &Log{l: l, c: c, w: fw}
 }
+
+// OnError calls f (at most once a minute, with the count of failures so
+// far) when a record cannot be written: a full disk or a revoked file must
+// be reported loudly, but must never stop decisions.
+func (lg *Log) OnError(f func(err error, failures int64)) { lg.w.setOnError(f) }
+
+// Failures counts records that could not be written.
+func (lg *Log) Failures() int64 { return lg.w.failures.Load() }
 
 // Write appends r to the log.
 func (lg *Log) Write(r Record) {
@@ -84,6 +128,9 @@ func (lg *Log) Write(r Record) {
 	}
 	if r.Doubt != "" {
 		f["doubt"] = Redact(r.Doubt)
+	}
+	if r.Policy != "" {
+		f["policy"] = r.Policy
 	}
 	if r.Duration > 0 {
 		f["duration_us"] = r.Duration.Microseconds()
@@ -125,4 +172,45 @@ func redactAll(ss []string) []string {
 		out[i] = Redact(s)
 	}
 	return out
+}
+
+// failWriter counts write failures and reports them, rate-limited.
+type failWriter struct {
+	w        io.Writer
+	failures atomic.Int64
+
+	mu       sync.Mutex
+	onError  func(error, int64)
+	reported time.Time
+}
+
+func (fw *failWriter) setOnError(f func(error, int64)) {
+	fw.mu.Lock()
+	fw.onError = f
+	fw.mu.Unlock()
+}
+
+func (fw *failWriter) Write(p []byte) (int, error) {
+	n, err := fw.w.Write(p)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		failures := fw.failures.Add(1)
+		fw.mu.Lock()
+		f := fw.onError
+		report := f != nil && time.Since(fw.reported) >= time.Minute
+		if report {
+			fw.reported = time.Now()
+		}
+		fw.mu.Unlock()
+		if report {
+			f(err, failures)
+		}
+		// Tell logrus the record was written: it would otherwise print its
+		// own complaint for every record, and the failure is already
+		// counted and reported.
+		return len(p), nil
+	}
+	return n, nil
 }

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"errors"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -58,7 +59,7 @@ func FuzzRedact(f *testing.F) {
 
 func TestLogFileIsOwnerOnlyAndLinesAreJSON(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	lg, err := Open(path)
+	lg, err := Open(path, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,5 +91,51 @@ func TestLogFileIsOwnerOnlyAndLinesAreJSON(t *testing.T) {
 		if _, ok := m[k]; !ok {
 			t.Errorf("audit line lacks %q: %s", k, lines[0])
 		}
+	}
+}
+
+func TestExistingWorldReadableLogIsNarrowed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lg, err := Open(path, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg.Close()
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %o, want 600", fi.Mode().Perm())
+	}
+}
+
+func TestGroupReadableLogWhenAGroupIsConfigured(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	lg, err := Open(path, os.Getgid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg.Close()
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %o, want 640", fi.Mode().Perm())
+	}
+}
+
+type brokenWriter struct{}
+
+func (brokenWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+func TestWriteFailuresAreCountedAndReportedNotFatal(t *testing.T) {
+	lg := New(brokenWriter{}, nil)
+	var reports []int64
+	lg.OnError(func(err error, n int64) { reports = append(reports, n) })
+	for i := 0; i < 5; i++ {
+		lg.Write(Record{Decision: Denied})
+	}
+	if lg.Failures() != 5 {
+		t.Errorf("failures = %d, want 5", lg.Failures())
+	}
+	if len(reports) != 1 || reports[0] != 1 {
+		t.Errorf("reports = %v, want one report, rate-limited", reports)
 	}
 }

@@ -11,34 +11,51 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/resolve"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
 // RunSource reports the active CI runs; *runs.Tracker is the real one.
 type RunSource interface {
-	Active(ctx context.Context) ([]rules.Run, error)
+	Active(ctx context.Context, labels []string) ([]rules.Run, error)
+}
+
+// NameSource resolves the names requests carry; *resolve.Resolver is the
+// real one.
+type NameSource interface {
+	Image(ctx context.Context, name string) (resolve.Image, bool, error)
+	Plugin(ctx context.Context, name string) (resolve.Plugin, bool, error)
 }
 
 // Guard decides authorization requests. It is safe for concurrent use.
 type Guard struct {
 	classifier *rules.Classifier
-	policy     atomic.Pointer[rules.Policy]
+	config     atomic.Pointer[policy.Config]
 	runs       RunSource
+	names      NameSource
 	audit      *audit.Log
 	log        logrus.FieldLogger
+	stats      *Stats
 }
 
-// NewGuard returns a guard enforcing p. Records go to al; operational
+// NewGuard returns a guard enforcing cfg. Records go to al; operational
 // messages (panics, engine trouble) to log.
-func NewGuard(p *rules.Policy, runs RunSource, al *audit.Log, log logrus.FieldLogger) *Guard {
-	g := &Guard{classifier: rules.NewClassifier(), runs: runs, audit: al, log: log}
-	g.policy.Store(p)
+func NewGuard(cfg *policy.Config, runs RunSource, names NameSource, al *audit.Log, log logrus.FieldLogger) *Guard {
+	g := &Guard{classifier: rules.NewClassifier(), runs: runs, names: names, audit: al, log: log, stats: newStats()}
+	g.config.Store(cfg)
 	return g
 }
 
-// SetPolicy replaces the policy atomically: a decision in flight finishes
-// under the policy it started with.
-func (g *Guard) SetPolicy(p *rules.Policy) { g.policy.Store(p) }
+// SetConfig replaces the policy atomically: a decision in flight finishes
+// under the policy it started with, and no decision sees a mix of two.
+func (g *Guard) SetConfig(cfg *policy.Config) { g.config.Store(cfg) }
+
+// Config returns the policy in force.
+func (g *Guard) Config() *policy.Config { return g.config.Load() }
+
+// Stats returns the guard's decision counters.
+func (g *Guard) Stats() *Stats { return g.stats }
 
 // internalErrorRule names the decision taken when deciding itself failed.
 const internalErrorRule = "internal-error"
@@ -51,12 +68,14 @@ func (g *Guard) AuthZReq(ctx context.Context, req authorization.Request) (resp a
 			g.log.WithFields(logrus.Fields{"panic": fmt.Sprint(p), "stack": string(debug.Stack())}).
 				Error("panic while deciding a request; refused it")
 			msg := "prune-guard: request refused because prune-guard failed while deciding it (see the plugin's log); retry, and report the log if it persists"
-			g.audit.Write(audit.Record{Decision: audit.Denied, Rule: internalErrorRule, Operation: "unknown",
+			g.stats.count(audit.Denied, internalErrorRule, time.Since(start))
+			g.audit.Write(audit.Record{Decision: audit.Denied, Rule: internalErrorRule, Operation: rules.OpUnknown.String(),
 				Method: req.RequestMethod, URI: req.RequestURI, User: req.User, Reason: msg})
 			resp = authorization.Response{Allow: false, Msg: msg}
 		}
 	}()
 
+	cfg := g.config.Load()
 	c := g.classifier.Classify(rules.Request{
 		Method:  req.RequestMethod,
 		URI:     req.RequestURI,
@@ -64,19 +83,20 @@ func (g *Guard) AuthZReq(ctx context.Context, req authorization.Request) (resp a
 		Body:    req.RequestBody,
 	})
 	if c.Op == rules.OpOther {
+		g.stats.allowRead()
+		if cfg.Audit == policy.AuditAll {
+			g.audit.Write(audit.Record{Decision: audit.Allowed, Operation: c.Op.String(), Method: req.RequestMethod,
+				URI: req.RequestURI, User: req.User, Reason: "not destructive", Policy: cfg.ShortHash()})
+		}
 		return authorization.Response{Allow: true}
 	}
 
-	d := rules.Evaluate(c, g.policy.Load(), rules.FactsFunc(func() rules.RunState {
-		active, err := g.runs.Active(ctx)
-		if err != nil {
-			g.log.WithError(err).Warn("run state unknown")
-		}
-		return rules.RunState{Active: active, Err: err}
-	}))
-
-	if c.Op.Destructive() || !d.Allow || d.Warned {
-		g.audit.Write(record(req, c, d, time.Since(start)))
+	d := rules.Evaluate(c, cfg.Policy, &facts{ctx: ctx, g: g, cfg: cfg})
+	r := record(req, c, d, time.Since(start))
+	r.Policy = cfg.ShortHash()
+	g.stats.count(r.Decision, d.Rule, r.Duration)
+	if c.Op.Destructive() || !d.Allow || d.Warned || cfg.Audit == policy.AuditAll {
+		g.audit.Write(r)
 	}
 	if !d.Allow {
 		return authorization.Response{Allow: false, Msg: d.Message}
@@ -88,6 +108,60 @@ func (g *Guard) AuthZReq(ctx context.Context, req authorization.Request) (resp a
 // would only hide its result from the client.
 func (g *Guard) AuthZRes(context.Context, authorization.Request) authorization.Response {
 	return authorization.Response{Allow: true}
+}
+
+// facts answers a decision's questions about the engine under one policy
+// snapshot.
+type facts struct {
+	ctx context.Context
+	g   *Guard
+	cfg *policy.Config
+}
+
+func (f *facts) Runs() rules.RunState {
+	active, err := f.g.runs.Active(f.ctx, f.cfg.RunLabels)
+	if err != nil {
+		f.g.stats.engineError()
+		f.g.log.WithError(err).Warn("run state unknown")
+	}
+	return rules.RunState{Active: active, Err: err}
+}
+
+func (f *facts) ImageProtected(name string) rules.Check {
+	if !f.cfg.Protect.ProtectsImages() {
+		return rules.Check{}
+	}
+	img, found, err := f.g.names.Image(f.ctx, name)
+	if err != nil {
+		f.g.stats.engineError()
+		return rules.Check{Err: err}
+	}
+	if !found {
+		// The delete will fail with "no such image": nothing to protect.
+		return rules.Check{}
+	}
+	yes, why := f.cfg.Protect.Image(img.Refs, img.Labels)
+	return rules.Check{Yes: yes, Why: why}
+}
+
+func (f *facts) PluginProtected(name string) rules.Check {
+	if len(f.cfg.Protect.Plugins) == 0 {
+		return rules.Check{}
+	}
+	if yes, why := f.cfg.Protect.Plugin(name); yes {
+		return rules.Check{Yes: true, Why: why}
+	}
+	// The request may name the plugin by ID or ID prefix.
+	p, found, err := f.g.names.Plugin(f.ctx, name)
+	if err != nil {
+		f.g.stats.engineError()
+		return rules.Check{Err: err}
+	}
+	if !found {
+		return rules.Check{}
+	}
+	yes, why := f.cfg.Protect.Plugin(p.Name)
+	return rules.Check{Yes: yes, Why: why}
 }
 
 func record(req authorization.Request, c rules.Classification, d rules.Decision, took time.Duration) audit.Record {

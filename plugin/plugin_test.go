@@ -16,6 +16,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/resolve"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -27,7 +29,7 @@ type fakeRuns struct {
 	asked atomic.Int64
 }
 
-func (f *fakeRuns) Active(context.Context) ([]rules.Run, error) {
+func (f *fakeRuns) Active(context.Context, []string) ([]rules.Run, error) {
 	f.asked.Add(1)
 	if f.panic {
 		panic("engine client exploded")
@@ -64,11 +66,32 @@ func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 	return out
 }
 
+// fakeNames resolves names from fixed tables.
+type fakeNames struct {
+	images  map[string]resolve.Image
+	plugins map[string]resolve.Plugin
+	err     error
+}
+
+func (f *fakeNames) Image(_ context.Context, name string) (resolve.Image, bool, error) {
+	img, ok := f.images[name]
+	return img, ok, f.err
+}
+
+func (f *fakeNames) Plugin(_ context.Context, name string) (resolve.Plugin, bool, error) {
+	p, ok := f.plugins[name]
+	return p, ok, f.err
+}
+
 func newTestGuard(runs *fakeRuns) (*Guard, *syncBuffer) {
+	return newTestGuardWith(policy.Default(), runs, &fakeNames{})
+}
+
+func newTestGuardWith(cfg *policy.Config, runs *fakeRuns, names *fakeNames) (*Guard, *syncBuffer) {
 	buf := &syncBuffer{}
 	log := logrus.New()
 	log.SetOutput(&bytes.Buffer{})
-	return NewGuard(rules.Default(), runs, audit.New(buf, nil), log), buf
+	return NewGuard(cfg, runs, names, audit.New(buf, nil), log), buf
 }
 
 func post(t *testing.T, h http.Handler, path string, body []byte) authorization.Response {
@@ -278,5 +301,93 @@ func BenchmarkHandlerRead(b *testing.B) {
 	for b.Loop() {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("POST", "/AuthZPlugin.AuthZReq", bytes.NewReader(body)))
+	}
+}
+
+func TestProtectedImageDeleteIsDeniedByIDAndTag(t *testing.T) {
+	cfg, err := policy.Parse("p.yaml", []byte("protect:\n  images: [\"docker.io/library/*\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := resolve.Image{ID: "sha256:aaa", Refs: []string{"alpine:3.19", "alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}}
+	names := &fakeNames{images: map[string]resolve.Image{
+		"alpine:3.19": base, "aaa": base, "alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef": base,
+		"registry.example/app:1": {ID: "sha256:bbb", Refs: []string{"registry.example/app:1"}},
+		"kept":                   {ID: "sha256:ccc", Refs: []string{"registry.example/kept:1"}, Labels: map[string]string{"prune-guard.keep": "true"}},
+	}}
+	g, _ := newTestGuardWith(cfg, &fakeRuns{}, names)
+	for name, wantAllow := range map[string]bool{
+		"alpine:3.19": false, "aaa": false,
+		"alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef": false,
+		"registry.example/app:1": true, "kept": false, "missing": true,
+	} {
+		resp := g.AuthZReq(context.Background(), authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/" + name})
+		if resp.Allow != wantAllow {
+			t.Errorf("delete %s: %+v, want allow=%v", name, resp, wantAllow)
+		}
+		if !resp.Allow && !strings.Contains(resp.Msg, "(rule keep-protected)") {
+			t.Errorf("delete %s: %s", name, resp.Msg)
+		}
+	}
+}
+
+func TestSelfProtectionResolvesPluginIDs(t *testing.T) {
+	names := &fakeNames{plugins: map[string]resolve.Plugin{"4f5e": {ID: "4f5e0000", Name: "prune-guard:latest"}}}
+	g, _ := newTestGuardWith(policy.Default(), &fakeRuns{}, names)
+	for _, uri := range []string{"/v1.41/plugins/prune-guard/disable", "/v1.41/plugins/prune-guard:latest/set", "/v1.41/plugins/4f5e/disable"} {
+		if resp := g.AuthZReq(context.Background(), authorization.Request{RequestMethod: "POST", RequestURI: uri}); resp.Allow || !strings.Contains(resp.Msg, "protect-self") {
+			t.Errorf("%s: %+v", uri, resp)
+		}
+	}
+	if resp := g.AuthZReq(context.Background(), authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/plugins/vieux/sshfs"}); !resp.Allow {
+		t.Errorf("another plugin's removal was denied: %+v", resp)
+	}
+}
+
+func TestPolicySwapIsAtomicUnderConcurrentDecisions(t *testing.T) {
+	warn, err := policy.Parse("warn.yaml", []byte("mode: warn\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enforce := policy.Default()
+	g, buf := newTestGuard(&fakeRuns{})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if i%2 == 0 {
+				g.SetConfig(warn)
+			} else {
+				g.SetConfig(enforce)
+			}
+		}
+	}()
+	for i := 0; i < 500; i++ {
+		g.AuthZReq(context.Background(), authorization.Request{RequestMethod: "POST", RequestURI: pruneAllURI})
+	}
+	close(stop)
+	wg.Wait()
+	for _, l := range buf.lines(t) {
+		// Each decision is whole: a deny comes from the enforcing policy's
+		// hash, a would-deny from the warn policy's.
+		switch l["decision"] {
+		case "deny":
+			if l["policy"] != enforce.ShortHash() {
+				t.Fatalf("deny under policy %v", l["policy"])
+			}
+		case "would-deny":
+			if l["policy"] != warn.ShortHash() {
+				t.Fatalf("would-deny under policy %v", l["policy"])
+			}
+		default:
+			t.Fatalf("unexpected decision %v", l)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/authorization"
@@ -87,9 +88,10 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v) // the daemon treats a broken answer as a deny
 }
 
-// Listen opens the plugin's unix socket at path with mode 0660, replacing a
-// stale socket file but refusing to take over one that still answers.
-func Listen(path string) (net.Listener, error) {
+// Listen opens the plugin's unix socket at path with mode 0660 (group gid
+// when gid >= 0), replacing a stale socket file but refusing to take over one
+// that still answers.
+func Listen(path string, gid int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
@@ -102,13 +104,24 @@ func Listen(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
+	// The socket must never exist with wider permissions, not even between
+	// creation and chmod. Listen runs at startup, before other goroutines
+	// create files, so the process-wide umask change is safe.
+	old := syscall.Umask(0o117)
 	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	if err := os.Chmod(path, 0o660); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("chown socket: %w", err)
+		}
 	}
 	return l, nil
 }

@@ -1,0 +1,135 @@
+package policy
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/prune-guard/prune-guard/rules"
+)
+
+func TestDefaultRendersToAFileThatParsesBackToTheDefault(t *testing.T) {
+	c, err := Parse("default.yaml", []byte(DefaultYAML()))
+	if err != nil {
+		t.Fatalf("the rendered default does not parse: %v\n%s", err, DefaultYAML())
+	}
+	d := Default()
+	if !reflect.DeepEqual(c.Policy, d.Policy) || !reflect.DeepEqual(c.RunLabels, d.RunLabels) ||
+		!reflect.DeepEqual(c.Protect, d.Protect) || c.Audit != d.Audit {
+		t.Errorf("parsed default differs:\n got %+v\nwant %+v", c, d)
+	}
+	if c.Hash != d.Hash {
+		t.Errorf("hash of the rendered default %s != built-in %s", c.Hash, d.Hash)
+	}
+}
+
+func TestIssueExampleParses(t *testing.T) {
+	src := `
+mode: enforce                      # enforce | warn
+run:
+  labels: [prune-guard.run]        # key or key=value
+protect:
+  images: ["docker.io/library/*", "registry.example/base/*"]
+  labels: [prune-guard.keep=true]
+  plugins: [prune-guard]
+audit: destructive                 # destructive | all
+rules:                             # first match wins; no match = allow
+  - name: no-prune-all
+    match: [image-prune-all]
+    action: deny                   # deny | warn | allow
+    message: "..."                 # optional; shown to the client
+  - name: keep-protected
+    match: [image-delete]
+    when: image-protected          # always | run-active | image-protected
+    action: deny
+`
+	c, err := Parse("p.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Policy.Rules) != 2 || c.Policy.Rules[1].When != rules.ImageProtected || c.Protect.Images[1] != "registry.example/base/*" {
+		t.Errorf("parsed %+v", c.Policy.Rules)
+	}
+}
+
+func TestJSONIsAPolicyToo(t *testing.T) {
+	src := `{"mode":"warn","run":{"labels":["ci.job=1"]},"audit":"all","rules":[{"name":"r","match":["any-prune"],"when":"run-active","action":"warn"}]}`
+	c, err := Parse("nix.json", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy.Mode != rules.WarnOnly || c.Audit != AuditAll || c.RunLabels[0] != "ci.job=1" || !c.Policy.Rules[0].Match.Has(rules.OpVolumePrune) {
+		t.Errorf("parsed %+v %+v", c, c.Policy.Rules)
+	}
+}
+
+func TestAFileWithoutRulesKeepsTheBuiltInRules(t *testing.T) {
+	c, err := Parse("p.yaml", []byte("protect:\n  images: [\"registry.example/base/*\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c.Policy.Rules, rules.DefaultRules()) {
+		t.Error("rules were not the built-in ones")
+	}
+	if !reflect.DeepEqual(c.Protect.Labels, DefaultProtection().Labels) {
+		t.Error("an unnamed protect key should keep its default")
+	}
+}
+
+func TestErrorsNameFileLineAndValidChoices(t *testing.T) {
+	tests := []struct {
+		name, src string
+		want      []string
+	}{
+		{"unknown top-level key", "mdoe: warn\n", []string{"p.yaml:1:", `unknown key "mdoe"`, "valid keys: audit, mode, protect, rules, run"}},
+		{"unknown mode", "mode: strict\n", []string{"p.yaml:1:", "valid: enforce, warn"}},
+		{"unknown operation", "rules:\n  - name: a\n    match: [image-prune-everything]\n", []string{"p.yaml:3:", `unknown operation "image-prune-everything"`, "image-prune-all"}},
+		{"unknown condition", "rules:\n  - name: a\n    match: [image-delete]\n    when: sometimes\n", []string{"p.yaml:4:", "run-active"}},
+		{"unknown action", "rules:\n  - name: a\n    match: [image-delete]\n    action: block\n", []string{"p.yaml:4:", "valid: deny, warn, allow"}},
+		{"unknown rule key", "rules:\n  - name: a\n    match: [image-delete]\n    actoin: deny\n", []string{"p.yaml:4:", `unknown key "actoin" in a rule`}},
+		{"bad pattern", "protect:\n  images: [\"registry.example/[base\"]\n", []string{"p.yaml:2:", "syntax error in pattern"}},
+		{"bad run label", "run:\n  labels: [\"=x\"]\n", []string{"p.yaml:2:", "KEY or KEY=VALUE"}},
+		{"no run labels", "run:\n  labels: []\n", []string{"p.yaml:2:", "no run labels"}},
+		{"rule without name", "rules:\n  - match: [image-delete]\n", []string{"p.yaml:2:", "needs a name"}},
+		{"rule without match", "rules:\n  - name: a\n", []string{"p.yaml:2:", "needs match"}},
+		{"duplicate rule name", "rules:\n  - name: a\n    match: [image-delete]\n  - name: a\n    match: [image-delete]\n", []string{"p.yaml:4:", "already used on line 2"}},
+		{"reserved rule name", "rules:\n  - name: fail-closed\n    match: [image-delete]\n", []string{"reserved"}},
+		{"scalar where a list belongs", "protect:\n  images: docker.io/library/*\n", []string{"p.yaml:2:", "must be a list"}},
+		{"list where a mapping belongs", "run: [a]\n", []string{"p.yaml:1:", "must be a mapping"}},
+		{"unknown audit level", "audit: everything\n", []string{"valid: destructive, all"}},
+		{"not YAML", "rules: [\n", []string{"p.yaml"}},
+		{"empty file", "", []string{"empty"}},
+		{"duplicate key", "mode: warn\nmode: enforce\n", []string{"already defined"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tt.src))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestEveryErrorIsReportedAtOnce(t *testing.T) {
+	_, err := Parse("p.yaml", []byte("mode: x\naudit: y\n"))
+	if err == nil || !strings.Contains(err.Error(), "p.yaml:1:") || !strings.Contains(err.Error(), "p.yaml:2:") {
+		t.Errorf("want both errors, got %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(DefaultYAML()))
+	f.Add([]byte(`{"rules":[{"name":"a","match":["any-prune"]}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("f.yaml", data)
+		if err == nil && (c.Policy == nil || len(c.RunLabels) == 0) {
+			t.Fatalf("accepted a policy without rules or run labels: %+v", c)
+		}
+	})
+}

@@ -1,0 +1,97 @@
+// Package resolve asks the engine what a request's name refers to: the image
+// behind a tag, an ID, a short ID or a digest, and the plugin behind a name
+// or an ID prefix. The engine resolves names exactly as it will when it runs
+// the request, which is why protection asks it instead of parsing names.
+//
+// It must never change anything on the engine.
+package resolve
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/client"
+)
+
+// Image is what the engine holds under a name.
+type Image struct {
+	ID     string
+	Refs   []string // RepoTags and RepoDigests
+	Labels map[string]string
+}
+
+// Plugin is an installed managed plugin.
+type Plugin struct {
+	ID   string
+	Name string
+}
+
+// Resolver resolves names on one engine.
+type Resolver struct {
+	c       *client.Client
+	timeout time.Duration
+}
+
+// New returns a resolver for the engine at host; each question is bounded
+// by timeout.
+func New(host string, timeout time.Duration) (*Resolver, error) {
+	c, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("resolve: engine client for %s: %w", host, err)
+	}
+	return &Resolver{c: c, timeout: timeout}, nil
+}
+
+// Close releases the engine client's connections.
+func (r *Resolver) Close() error { return r.c.Close() }
+
+// Image returns the image the engine finds under name. found is false when
+// there is no such image (the delete would fail too).
+func (r *Resolver) Image(ctx context.Context, name string) (img Image, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	res, err := r.c.ImageInspect(ctx, name)
+	if cerrdefs.IsNotFound(err) {
+		return Image{}, false, nil
+	}
+	if err != nil {
+		return Image{}, false, fmt.Errorf("inspect image %q: %w", name, err)
+	}
+	img = Image{ID: res.ID, Refs: append(append([]string(nil), res.RepoTags...), res.RepoDigests...)}
+	if res.Config != nil {
+		img.Labels = res.Config.Labels
+	}
+	return img, true, nil
+}
+
+// Plugin returns the installed plugin the engine would pick for name: an
+// exact name (":latest" implied), else a unique ID prefix. found is false
+// when none matches.
+func (r *Resolver) Plugin(ctx context.Context, name string) (p Plugin, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	res, err := r.c.PluginList(ctx, client.PluginListOptions{})
+	if err != nil {
+		return Plugin{}, false, fmt.Errorf("list plugins: %w", err)
+	}
+	full := name
+	if !strings.Contains(name[strings.LastIndex(name, "/")+1:], ":") {
+		full = name + ":latest"
+	}
+	var byPrefix []Plugin
+	for _, pl := range res.Items {
+		if pl.Name == name || pl.Name == full {
+			return Plugin{ID: pl.ID, Name: pl.Name}, true, nil
+		}
+		if name != "" && strings.HasPrefix(pl.ID, name) {
+			byPrefix = append(byPrefix, Plugin{ID: pl.ID, Name: pl.Name})
+		}
+	}
+	if len(byPrefix) == 1 {
+		return byPrefix[0], true, nil
+	}
+	return Plugin{}, false, nil
+}
