@@ -140,18 +140,22 @@ func ParseOperation(name string) (OpSet, error) {
 		return s, nil
 	}
 	for op, n := range operationNames {
-		if n == name && Operation(op) != OpOther {
+		if n == name && policyNamed(Operation(op)) {
 			return Ops(Operation(op)), nil
 		}
 	}
 	return 0, fmt.Errorf("unknown operation %q (valid: %s)", name, strings.Join(OperationNames(), ", "))
 }
 
+// policyNamed reports whether a policy may name op: "other" would match all
+// traffic, and "unknown" is always refused by the built-in fail-closed rule.
+func policyNamed(op Operation) bool { return op != OpOther && op != OpUnknown }
+
 // OperationNames lists every name ParseOperation accepts, sorted.
 func OperationNames() []string {
 	var names []string
 	for op, n := range operationNames {
-		if Operation(op) != OpOther {
+		if policyNamed(Operation(op)) {
 			names = append(names, n)
 		}
 	}
@@ -162,8 +166,11 @@ func OperationNames() []string {
 	return names
 }
 
-// String lists the set's operation names.
+// String lists the set's operation names, "any-prune" for that group.
 func (s OpSet) String() string {
+	if s == AnyPrune {
+		return "any-prune"
+	}
 	var names []string
 	for op := Operation(0); op < numOperations; op++ {
 		if s.Has(op) {
