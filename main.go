@@ -37,6 +37,6 @@ denial is written to a JSON-lines audit log.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newPolicyCmd(), newCheckCmd(), newExplainCmd())
+	root.AddCommand(newServeCmd(), newPolicyCmd(), newCheckCmd(), newExplainCmd(), newStatusCmd())
 	return root
 }

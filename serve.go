@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"os/user"
@@ -34,6 +35,7 @@ type serveOptions struct {
 	runLabelsSet   bool
 	engineTimeout  time.Duration
 	watchInterval  time.Duration
+	metricsAddr    string
 	logLevel       string
 }
 
@@ -95,6 +97,7 @@ comma-separated list, DOCKER_HOST); flags win.`,
 	f.StringArrayVar(&o.runLabels, "run-label", defaultLabels, "label KEY or KEY=VALUE that marks a container or service as part of an active CI run (repeatable; overrides the policy's run.labels)")
 	f.DurationVar(&o.engineTimeout, "engine-timeout", 3*time.Second, "how long a decision may wait for the engine; past it the state is unknown and destructive requests are refused")
 	f.DurationVar(&o.watchInterval, "policy-poll", 2*time.Second, "how often to check the policy file for changes")
+	f.StringVar(&o.metricsAddr, "metrics-addr", envOr("PRUNE_GUARD_METRICS_ADDR", ""), "serve Prometheus metrics at /metrics on a loopback address (127.0.0.1:9323) or a unix socket (unix:/run/prune-guard/metrics.sock); off by default")
 	f.StringVar(&o.logLevel, "log-level", "info", "operational log level on stderr: debug, info, warn, error")
 	return cmd
 }
@@ -188,6 +191,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	g := plugin.NewGuard(cfg, tracker, names, al, log)
 	apply := func(next *policy.Config, err error) {
 		if err != nil {
+			g.Stats().PolicyRejected()
 			log.WithError(err).Error("policy rejected; the policy in force stays")
 			al.Event("policy rejected", map[string]any{"error": err.Error(), "policy": g.Config().ShortHash()})
 			return
@@ -196,6 +200,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 			next.RunLabels = o.runLabels
 		}
 		g.SetConfig(next)
+		g.Stats().PolicyLoaded()
 		log.WithFields(logrus.Fields{"source": next.Source, "policy": next.ShortHash()}).Info("policy loaded")
 		al.Event("policy loaded", map[string]any{"source": next.Source, "policy": next.Hash})
 	}
@@ -223,7 +228,49 @@ func runServe(ctx context.Context, o serveOptions) error {
 	log.WithFields(logrus.Fields{"socket": listening, "docker_host": o.dockerHost, "run_labels": cfg.RunLabels,
 		"policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})
-	err = plugin.Serve(ctx, l, plugin.Handler(g), 10*time.Second)
+	if o.metricsAddr != "" {
+		ml, err := listenMetrics(o.metricsAddr)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := plugin.Serve(ctx, ml, plugin.MetricsHandler(g, al), time.Second); err != nil {
+				log.WithError(err).Error("metrics listener stopped")
+			}
+		}()
+	}
+	err = plugin.Serve(ctx, l, plugin.Handler(g, al), 10*time.Second)
 	al.Event("prune-guard stopped", nil)
 	return err
+}
+
+// listenMetrics listens on a loopback TCP address or a unix socket: metrics
+// name rules and users, and prune-guard runs as root, so it never listens on
+// a routable address.
+func listenMetrics(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		_ = os.Remove(path)
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
+		if err := os.Chmod(path, 0o660); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("--metrics-addr: %w", err)
+		}
+		return l, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr %q: want HOST:PORT on loopback or unix:PATH: %w", addr, err)
+	}
+	ip := net.ParseIP(host)
+	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("--metrics-addr %q: only loopback addresses or unix sockets are allowed", addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	return l, nil
 }

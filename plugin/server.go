@@ -15,6 +15,8 @@ import (
 
 	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/docker/go-plugins-helpers/sdk"
+
+	"github.com/prune-guard/prune-guard/audit"
 )
 
 // maxCallSize bounds one plugin call. dockerd forwards request bodies under
@@ -22,14 +24,21 @@ import (
 // come from dockerd.
 const maxCallSize = 16 << 20
 
-// Handler returns the plugin protocol's HTTP handler for g.
+// Handler returns the plugin protocol's HTTP handler for g, plus GET
+// /status and GET /metrics for "prune-guard status" and scrapers that can
+// reach the socket.
 //
 // It speaks the protocol with go-plugins-helpers' wire types, but decodes
 // calls itself: the helper's handler answers a call it cannot decode with
 // 400 and then still asks the plugin about an empty request, while
 // prune-guard answers such a call with an explicit deny that says why.
-func Handler(g *Guard) http.Handler {
+func Handler(g *Guard, al *audit.Log) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(g.Status(al))
+	})
+	mux.Handle("GET /metrics", MetricsHandler(g, al))
 	mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, struct{ Implements []string }{[]string{authorization.AuthZApiImplements}})
 	})

@@ -13,6 +13,8 @@ type Stats struct {
 	started      time.Time
 	reads        atomic.Int64
 	engineErrors atomic.Int64
+	reloads      atomic.Int64
+	rejections   atomic.Int64
 
 	mu     sync.Mutex
 	byRule map[string]map[string]int64 // rule -> decision -> count
@@ -37,6 +39,12 @@ func newStats() *Stats {
 func (s *Stats) allowRead()   { s.reads.Add(1) }
 func (s *Stats) engineError() { s.engineErrors.Add(1) }
 
+// PolicyLoaded counts a policy loaded after start.
+func (s *Stats) PolicyLoaded() { s.reloads.Add(1) }
+
+// PolicyRejected counts a policy file that did not load.
+func (s *Stats) PolicyRejected() { s.rejections.Add(1) }
+
 func (s *Stats) count(decision, rule string, took time.Duration) {
 	if rule == "" {
 		rule = "(none)"
@@ -60,6 +68,8 @@ type Snapshot struct {
 	Started       time.Time                   `json:"started"`
 	Reads         int64                       `json:"reads_allowed"`
 	EngineErrors  int64                       `json:"engine_errors"`
+	Reloads       int64                       `json:"policy_reloads"`
+	Rejections    int64                       `json:"policy_rejections"`
 	Decisions     map[string]map[string]int64 `json:"decisions"` // rule -> decision -> count
 	LatencyCounts []int64                     `json:"latency_counts"`
 	LatencySum    time.Duration               `json:"latency_sum_ns"`
@@ -79,7 +89,8 @@ func (s *Stats) Snapshot() Snapshot {
 		d[r] = c
 	}
 	return Snapshot{
-		Started: s.started, Reads: s.reads.Load(), EngineErrors: s.engineErrors.Load(), Decisions: d,
+		Started: s.started, Reads: s.reads.Load(), EngineErrors: s.engineErrors.Load(),
+		Reloads: s.reloads.Load(), Rejections: s.rejections.Load(), Decisions: d,
 		LatencyCounts: append([]int64(nil), s.latency[:]...), LatencySum: s.latSum, LatencyN: s.latN,
 	}
 }

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/prune-guard/prune-guard/plugin"
+	"github.com/prune-guard/prune-guard/runs"
+)
+
+func newStatusCmd() *cobra.Command {
+	var socket, dockerHost string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show active runs, the policy in force and decision counters",
+		Long: `Show what prune-guard would rely on right now: the CI runs that are active on the
+engine (and which label makes each count), the policy the running plugin enforces
+with its hash, and the plugin's decision counters since it started.
+
+The runs come from the engine (--docker-host); the policy and counters from the
+running plugin's socket (--socket). Exits 1 when the plugin does not answer.`,
+		Example: `  prune-guard status
+  prune-guard status --socket /run/docker/plugins/prune-guard.sock --docker-host unix:///var/run/docker.sock`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			return runStatus(ctx, cmd.OutOrStdout(), socket, dockerHost)
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", envOr("PRUNE_GUARD_SOCKET", "/run/docker/plugins/prune-guard.sock"), "the running plugin's socket")
+	cmd.Flags().StringVar(&dockerHost, "docker-host", defaultDockerHost(), "engine to ask for active runs")
+	return cmd
+}
+
+func fetchStatus(ctx context.Context, socket string) (plugin.Status, error) {
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}}
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://prune-guard/status", nil)
+	if err != nil {
+		return plugin.Status{}, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return plugin.Status{}, fmt.Errorf("prune-guard does not answer on %s: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return plugin.Status{}, fmt.Errorf("prune-guard on %s answered %s", socket, resp.Status)
+	}
+	var s plugin.Status
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return plugin.Status{}, fmt.Errorf("read status: %w", err)
+	}
+	return s, nil
+}
+
+func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) error {
+	st, statusErr := fetchStatus(ctx, socket)
+	labels := []string{runs.DefaultLabel}
+	if statusErr == nil && len(st.Policy.RunLabels) > 0 {
+		labels = st.Policy.RunLabels
+	}
+
+	fmt.Fprintf(w, "Runs (labels %s, engine %s):\n", strings.Join(labels, ", "), dockerHost)
+	tr, err := runs.New(dockerHost, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	active, err := tr.Active(ctx, labels)
+	switch {
+	case err != nil:
+		fmt.Fprintf(w, "  unknown: %v\n  (prune-guard denies prunes and image deletes while the run state is unknown)\n", err)
+	case len(active) == 0:
+		fmt.Fprintln(w, "  none active: dangling prunes and image deletes are allowed")
+	default:
+		for _, r := range active {
+			fmt.Fprintf(w, "  %s %s counts because it carries %s=%s\n", r.Kind, r.Name, r.Label, r.Value)
+		}
+		fmt.Fprintln(w, "  every prune and image delete is denied until these end")
+	}
+
+	fmt.Fprintln(w)
+	if statusErr != nil {
+		fmt.Fprintf(w, "Plugin: %v\n", statusErr)
+		return statusErr
+	}
+	p := st.Policy
+	fmt.Fprintf(w, "Policy: %s (hash %.12s, mode %s, audit %s)\n", p.Source, p.Hash, p.Mode, p.Audit)
+	for i, r := range p.Rules {
+		fmt.Fprintf(w, "  %d. %s\n", i+1, r)
+	}
+	if len(p.Images)+len(p.Labels)+len(p.Plugins) > 0 {
+		fmt.Fprintf(w, "  protected: images %v, labels %v, plugins %v\n", p.Images, p.Labels, p.Plugins)
+	}
+
+	s := st.Stats
+	fmt.Fprintf(w, "\nSince %s (%s ago):\n", s.Started.Format(time.RFC3339), time.Since(s.Started).Round(time.Second))
+	fmt.Fprintf(w, "  reads allowed without an engine query: %d\n", s.Reads)
+	fmt.Fprintf(w, "  denied %d, would-deny %d, destructive allowed %d; engine errors %d; policy reloads %d, rejected %d; audit write failures %d\n",
+		s.Total("deny"), s.Total("would-deny"), s.Total("allow"), s.EngineErrors, s.Reloads, s.Rejections, st.AuditWriteFailures)
+	if len(s.Decisions) > 0 {
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  RULE\tALLOW\tDENY\tWOULD-DENY")
+		names := make([]string, 0, len(s.Decisions))
+		for r := range s.Decisions {
+			names = append(names, r)
+		}
+		sort.Strings(names)
+		for _, r := range names {
+			d := s.Decisions[r]
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\n", r, d["allow"], d["deny"], d["would-deny"])
+		}
+		tw.Flush()
+	}
+	return nil
+}
