@@ -38,5 +38,6 @@ denial is written to a JSON-lines audit log.`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd(), newPolicyCmd(), newCheckCmd(), newExplainCmd(), newStatusCmd())
+	root.AddCommand(newAuditCmd())
 	return root
 }

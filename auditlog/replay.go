@@ -1,0 +1,308 @@
+package auditlog
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/prune-guard/prune-guard/rules"
+)
+
+// Rules whose recorded decision means the engine found the image or plugin
+// protected. Replay cannot ask the engine again, so it takes the recorded
+// answer: protected iff the recorded decision came from one of these.
+const (
+	keepProtectedRule = "keep-protected"
+	protectSelfRule   = "protect-self"
+)
+
+// ReplayOptions say which lines a replay reads and how it writes changes.
+type ReplayOptions struct {
+	// Since drops decisions recorded before it; zero keeps all.
+	Since time.Time
+	// JSON writes each change, then the summary, as JSON lines.
+	JSON bool
+	// PolicyName names the new policy in the text summary.
+	PolicyName string
+}
+
+// Change is a recorded decision that the new policy decides differently.
+type Change struct {
+	Line   int
+	Time   time.Time
+	Method string
+	URI    string
+	// Operation is the request's operation as replayed.
+	Operation string
+	// Old is the recorded decision and rule; New is the replayed ones.
+	OldDecision, OldRule string
+	NewDecision, NewRule string
+}
+
+// Replayed counts what a replay found.
+type Replayed struct {
+	// Read, Skipped, TooLong and FirstSkipped count lines as in Summary.
+	Read, Skipped, TooLong int64
+	FirstSkipped           int
+	// Decisions counts the decisions replayed.
+	Decisions int64
+	// Changes counts changed decisions by "old->new" (allow->deny, …).
+	Changes map[string]int64
+	// RuleOnly counts decisions that stay the same under another rule.
+	RuleOnly int64
+	// Events and NoRequest count lines passed over: events, and
+	// decisions recorded without a method or URI.
+	Events, NoRequest int64
+}
+
+// Changed is the number of decisions that would change.
+func (r *Replayed) Changed() int64 {
+	var n int64
+	for _, c := range r.Changes {
+		n += c
+	}
+	return n
+}
+
+// Replay decides every recorded request in an audit log again under p and
+// writes each decision that changes to out, then the counts.
+//
+// A request is reclassified from its recorded method and URI, so replay
+// reflects this build's classifier. The facts a decision asked the engine
+// for come from the record, because they cannot be asked again:
+//
+//   - a run was active iff the line's runs field lists one; a recorded
+//     "unknown: REASON" replays as an unknown run state, which is what the
+//     recorded decision saw. A decision that did not ask (no run-conditioned
+//     rule was reached) recorded no runs, and replays as "no run active";
+//   - the image or plugin is protected iff the recorded rule is
+//     keep-protected or protect-self;
+//   - where the recorded decision doubted the request's reading because of
+//     headers or a body (which the log does not keep), the recorded
+//     operation is used, not a reading of the URI alone.
+func Replay(in io.Reader, out io.Writer, p *rules.Policy, o ReplayOptions) (*Replayed, error) {
+	bw := bufio.NewWriterSize(out, bufSize)
+	r := NewReader(in)
+	res := &Replayed{Changes: map[string]int64{}}
+	classifier := rules.NewClassifier()
+	f := Filter{Since: o.Since}
+	for {
+		l, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			res.setRead(r)
+			bw.Flush()
+			return res, readError(r, err)
+		}
+		if !f.Match(l) {
+			continue
+		}
+		if !l.IsDecision {
+			res.Events++
+			continue
+		}
+		if l.Method == "" || l.URI == "" {
+			res.NoRequest++
+			continue
+		}
+		res.Decisions++
+		cl := reclassify(classifier, l)
+		d := rules.Evaluate(cl, p, recordedFacts(l))
+		c := Change{Line: l.Number, Time: l.Time, Method: l.Method, URI: l.URI, Operation: cl.Op.String(),
+			OldDecision: l.Decision, OldRule: l.Rule, NewDecision: decisionOf(d), NewRule: d.Rule}
+		if c.NewDecision == c.OldDecision {
+			if c.NewRule != c.OldRule {
+				res.RuleOnly++
+			}
+			continue
+		}
+		res.Changes[c.OldDecision+"->"+c.NewDecision]++
+		if o.JSON {
+			err = writeChangeJSON(bw, c)
+		} else {
+			err = writeChange(bw, c)
+		}
+		if err != nil {
+			return res, fmt.Errorf("write: %w", err)
+		}
+	}
+	res.setRead(r)
+	if o.JSON {
+		line, err := marshal(struct {
+			Summary *Replayed `json:"summary"`
+		}{res})
+		if err != nil {
+			return res, err
+		}
+		bw.Write(line)
+	} else {
+		if res.Changed() > 0 {
+			bw.WriteByte('\n')
+		}
+		res.WriteText(bw, or(o.PolicyName, "the new policy"))
+	}
+	if err := bw.Flush(); err != nil {
+		return res, fmt.Errorf("write: %w", err)
+	}
+	return res, nil
+}
+
+func (r *Replayed) setRead(rd *Reader) {
+	r.Read, r.Skipped, r.TooLong, r.FirstSkipped = rd.Read, rd.Skipped, rd.TooLong, rd.FirstSkipped
+}
+
+// reclassify reads a recorded request again. A recorded doubt that the URI
+// alone does not reproduce came from headers or a body the log does not
+// keep; the recorded operation, the most destructive reading, stands.
+func reclassify(c *rules.Classifier, l *Line) rules.Classification {
+	cl := c.Classify(rules.Request{Method: l.Method, URI: l.URI})
+	if l.Doubt != "" && cl.Doubt == "" {
+		if op, ok := operationNamed(l.Operation); ok {
+			cl.Op, cl.Doubt = op, l.Doubt
+		}
+	}
+	return cl
+}
+
+// operationNamed returns the single operation a recorded name stands for.
+func operationNamed(name string) (rules.Operation, bool) {
+	set, err := rules.ParseOperation(name)
+	if err != nil {
+		return 0, false
+	}
+	for op := rules.Operation(0); op < 32; op++ {
+		if set == rules.Ops(op) {
+			return op, true
+		}
+	}
+	return 0, false
+}
+
+// recordedFacts answers a replayed decision's questions from the record.
+func recordedFacts(l *Line) rules.Facts {
+	var state rules.RunState
+	for _, run := range l.Runs {
+		if reason, ok := strings.CutPrefix(run, "unknown:"); ok {
+			state.Err = errors.New(strings.TrimSpace(reason))
+			continue
+		}
+		state.Active = append(state.Active, rules.Run{Kind: "recorded", Name: run})
+	}
+	protected := rules.Check{
+		Yes: l.Rule == keepProtectedRule || l.Rule == protectSelfRule,
+		Why: "the recorded decision found it protected",
+	}
+	return rules.FactsFuncs{
+		RunsFunc:   func() rules.RunState { return state },
+		ImageFunc:  func(string) rules.Check { return protected },
+		PluginFunc: func(string) rules.Check { return protected },
+	}
+}
+
+func decisionOf(d rules.Decision) string {
+	switch {
+	case !d.Allow:
+		return Deny
+	case d.Warned:
+		return WouldDeny
+	}
+	return Allow
+}
+
+// writeChange writes c as one readable line:
+//
+//	TIME  OLD -> NEW  OLD-RULE -> NEW-RULE  OPERATION  METHOD URI
+func writeChange(w io.Writer, c Change) error {
+	_, err := fmt.Fprintf(w, "%-20s %-24s %-44s %-16s %s %s  (line %d)\n", formatTime(c.Time),
+		c.OldDecision+" -> "+c.NewDecision,
+		Printable(or(c.OldRule, "(no rule)"))+" -> "+Printable(or(c.NewRule, "(no rule)")),
+		Printable(or(c.Operation, "-")), Printable(c.Method), Printable(ReadableURI(c.URI)), c.Line)
+	return err
+}
+
+type jsonOutcome struct {
+	Decision string `json:"decision"`
+	Rule     string `json:"rule"`
+}
+
+func writeChangeJSON(w io.Writer, c Change) error {
+	line, err := marshal(struct {
+		Line      int         `json:"line"`
+		Time      string      `json:"time,omitempty"`
+		Method    string      `json:"method"`
+		URI       string      `json:"uri"`
+		Operation string      `json:"operation"`
+		Old       jsonOutcome `json:"old"`
+		New       jsonOutcome `json:"new"`
+	}{c.Line, jsonTime(c.Time), c.Method, c.URI, c.Operation,
+		jsonOutcome{c.OldDecision, c.OldRule}, jsonOutcome{c.NewDecision, c.NewRule}})
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(line)
+	return err
+}
+
+// MarshalJSON encodes the counts as the --json output's last line holds
+// them.
+func (r *Replayed) MarshalJSON() ([]byte, error) {
+	return marshal(struct {
+		LinesRead    int64            `json:"lines_read"`
+		NotJSON      int64            `json:"not_json"`
+		TooLong      int64            `json:"too_long,omitempty"`
+		FirstNotJSON int              `json:"first_not_json_line,omitempty"`
+		Replayed     int64            `json:"replayed"`
+		Changed      int64            `json:"changed"`
+		Changes      map[string]int64 `json:"changes"`
+		RuleOnly     int64            `json:"same_decision_other_rule"`
+		Events       int64            `json:"skipped_events"`
+		NoRequest    int64            `json:"skipped_without_request"`
+	}{r.Read, r.Skipped, r.TooLong, r.FirstSkipped, r.Decisions, r.Changed(), r.Changes, r.RuleOnly, r.Events, r.NoRequest})
+}
+
+// transitions orders the changes for people: what the new policy refuses
+// first, since that is what breaks someone's job.
+var transitions = []string{
+	Allow + "->" + Deny, WouldDeny + "->" + Deny,
+	Allow + "->" + WouldDeny,
+	Deny + "->" + Allow, Deny + "->" + WouldDeny, WouldDeny + "->" + Allow,
+}
+
+// WriteText writes the counts for people; policy names the new policy.
+func (r *Replayed) WriteText(w io.Writer, policy string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "replayed %s against %s: ", plural(r.Decisions, "decision", "decisions"), policy)
+	if r.Changed() == 0 {
+		b.WriteString("none would change\n")
+	} else {
+		fmt.Fprintf(&b, "%d would change\n", r.Changed())
+		for _, t := range transitions {
+			if n := r.Changes[t]; n > 0 {
+				fmt.Fprintf(&b, "%8d  %s\n", n, strings.ReplaceAll(t, "->", " -> "))
+			}
+		}
+	}
+	if r.RuleOnly > 0 {
+		fmt.Fprintf(&b, "%s the same under another rule\n", plural(r.RuleOnly, "decision stays", "decisions stay"))
+	}
+	var passed []string
+	if r.Events > 0 {
+		passed = append(passed, plural(r.Events, "event", "events"))
+	}
+	if r.NoRequest > 0 {
+		passed = append(passed, plural(r.NoRequest, "decision without a method and URI", "decisions without a method and URI"))
+	}
+	if len(passed) > 0 {
+		fmt.Fprintf(&b, "passed over: %s\n", strings.Join(passed, ", "))
+	}
+	if note := SkippedNote(r.Skipped, r.TooLong, r.FirstSkipped); note != "" {
+		b.WriteString(note + "\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
