@@ -1,0 +1,255 @@
+# NixOS module for prune-guard, the Docker authorization plugin that keeps a
+# CI host's image cache from being pruned. Import it and set
+#
+#   services.prune-guard.enable = true;
+#   services.prune-guard.package = ...;   # prune-guard is not in nixpkgs
+#
+# docs/install.md has a complete configuration. The module runs prune-guard
+# from a socket unit that listens before docker.service starts, adds it to
+# dockerd's "authorization-plugins" in daemon.json, and can run
+# "prune-guard reclaim" from a timer instead of an "autoPrune --all".
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) literalExpression mkEnableOption mkIf mkMerge mkOption types;
+
+  cfg = config.services.prune-guard;
+  docker = config.virtualisation.docker;
+
+  exe = "${cfg.package}/bin/prune-guard";
+
+  # The policy file: cfg.policy, then the dedicated options over it. Keys
+  # left out keep their built-in values (docs/policy.md).
+  policyFile = pkgs.writeText "prune-guard-policy.json" (builtins.toJSON
+    (lib.recursiveUpdate cfg.policy {
+      run.labels = cfg.runLabels;
+      protect.images = cfg.protectedImages;
+    }));
+
+  # "docker system prune" flags that also remove tagged images: prune-guard
+  # refuses such a prune, so a unit that runs one fails every time.
+  removesTagged = flag:
+    flag == "--all" || builtins.match "--all=.*" flag != null
+    || builtins.match "-[a-zA-Z]*a[a-zA-Z]*" flag != null;
+
+  # Where the audit log may be written under ProtectSystem=strict:
+  # /var/log/prune-guard, and another file's directory.
+  auditPaths = {
+    LogsDirectory = "prune-guard";
+    LogsDirectoryMode = "0750";
+    ReadWritePaths = lib.optional
+      (cfg.auditLog != "-" && !lib.hasPrefix "/var/log/prune-guard/" cfg.auditLog)
+      (dirOf cfg.auditLog);
+  };
+
+  # prune-guard reads its policy, talks to dockerd over unix sockets and
+  # appends to its audit log; it needs nothing else (packaging/systemd has
+  # the same sandbox for other distributions).
+  sandbox = {
+    CapabilityBoundingSet = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    RestrictAddressFamilies = [ "AF_UNIX" ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" ];
+    UMask = "0077";
+  };
+in
+{
+  options.services.prune-guard = {
+    enable = mkEnableOption "prune-guard, a Docker authorization plugin that refuses prunes and image deletes that would evict the host's image cache";
+
+    package = mkOption {
+      type = types.package;
+      # Not in nixpkgs: evaluating the default without an overlay that
+      # provides pkgs.prune-guard fails with this message.
+      default = pkgs.prune-guard or (throw "services.prune-guard.package: prune-guard is not in nixpkgs; set this option (docs/install.md shows a buildGoModule expression) or add pkgs.prune-guard with an overlay");
+      defaultText = literalExpression "pkgs.prune-guard";
+      example = literalExpression "pkgs.callPackage ./prune-guard.nix { }";
+      description = "The prune-guard package to use. prune-guard is not in nixpkgs, so set it unless an overlay provides `pkgs.prune-guard`.";
+    };
+
+    policy = mkOption {
+      type = (pkgs.formats.json { }).type;
+      default = { };
+      example = literalExpression ''
+        {
+          mode = "warn";
+          protect.labels = [ "prune-guard.keep=true" "ci.base-image=true" ];
+          audit = "all";
+        }
+      '';
+      description = ''
+        Policy settings, written to the Nix store as JSON and passed with `--policy`.
+        Keys as in the output of `prune-guard policy default` (docs/policy.md); a key
+        left out keeps its built-in value, and without `rules` the built-in rules
+        apply. `runLabels` and `protectedImages` set `run.labels` and
+        `protect.images` over whatever this sets.
+      '';
+    };
+
+    runLabels = mkOption {
+      type = types.listOf types.str;
+      default = [ "prune-guard.run" ];
+      example = [ "prune-guard.run" "ci.job" ];
+      description = "Labels (`KEY` or `KEY=VALUE`) that mark a container or swarm service as part of an active CI run, during which every prune and image delete is refused.";
+    };
+
+    protectedImages = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "docker.io/library/*" "registry.example/base/*:*" ];
+      description = "Image reference patterns that are never deleted (policy `protect.images`).";
+    };
+
+    auditLog = mkOption {
+      type = types.str;
+      default = "/var/log/prune-guard/audit.jsonl";
+      example = "-";
+      description = "JSON-lines audit file (created 0600), or `-` for the journal. A file outside /var/log/prune-guard has its directory made writable to the service.";
+    };
+
+    reclaim = {
+      enable = mkEnableOption "a timer that runs `prune-guard reclaim`, which frees disk space when the disk holding Docker's data fills up by removing unused images, dangling ones first, then the least recently used; unlike `docker system prune --all` it keeps images used within `minAge` and protected images, and removes nothing while a CI run is active";
+
+      highPercent = mkOption {
+        type = types.ints.between 1 100;
+        default = 85;
+        description = "Reclaim when the disk holding Docker's data is at least this many percent full.";
+      };
+
+      lowPercent = mkOption {
+        type = types.ints.between 0 99;
+        default = 80;
+        description = "Stop reclaiming once the disk is at most this many percent full. Below `highPercent`.";
+      };
+
+      minAge = mkOption {
+        type = types.str;
+        default = "1h";
+        example = "24h";
+        description = "Never remove an image first seen or last used less than this long ago (a Go duration).";
+      };
+
+      dates = mkOption {
+        type = types.str;
+        default = "hourly";
+        example = "*:0/15";
+        description = "When to run, as a systemd calendar event (systemd.time(7)).";
+      };
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = docker.enable;
+          message = "services.prune-guard guards the Docker daemon: set virtualisation.docker.enable = true.";
+        }
+        {
+          assertion = !(docker.autoPrune.enable && lib.any removesTagged docker.autoPrune.flags);
+          message = "virtualisation.docker.autoPrune.flags contains --all (or -a): prune-guard refuses a prune that removes tagged images, so that job would fail every time. Remove the flag, and set services.prune-guard.reclaim.enable = true to free disk space without evicting the image cache.";
+        }
+        {
+          # dockerd refuses to start with a setting given both in
+          # daemon.json and on its command line.
+          assertion = !(lib.hasInfix "--authorization-plugin" docker.extraOptions);
+          message = "services.prune-guard sets virtualisation.docker.daemon.settings.\"authorization-plugins\"; remove --authorization-plugin from virtualisation.docker.extraOptions (dockerd will not start with both).";
+        }
+        {
+          assertion = cfg.auditLog == "-" || lib.hasPrefix "/" cfg.auditLog;
+          message = "services.prune-guard.auditLog must be an absolute path or \"-\".";
+        }
+        {
+          assertion = !cfg.reclaim.enable || cfg.reclaim.lowPercent < cfg.reclaim.highPercent;
+          message = "services.prune-guard.reclaim.lowPercent must be below highPercent.";
+        }
+      ];
+
+      # Merged with any other authorization plugins; never also
+      # --authorization-plugin in extraOptions (see the assertion).
+      virtualisation.docker.daemon.settings."authorization-plugins" = [ "prune-guard" ];
+
+      # dockerd refuses to start while a configured authorization plugin is
+      # missing: the socket listens from sockets.target, before any
+      # service, and its first connection starts prune-guard.
+      systemd.sockets.prune-guard = {
+        description = "prune-guard Docker authorization plugin socket";
+        wantedBy = [ "sockets.target" ];
+        before = [ "docker.service" ];
+        listenStreams = [ "/run/docker/plugins/prune-guard.sock" ];
+        socketConfig = {
+          SocketMode = "0660";
+          DirectoryMode = "0755";
+          RemoveOnStop = false;
+        };
+      };
+
+      systemd.services.prune-guard = {
+        description = "prune-guard Docker authorization plugin";
+        documentation = [ "https://github.com/prune-guard/prune-guard/blob/main/docs/install.md" ];
+        requires = [ "prune-guard.socket" ];
+        after = [ "prune-guard.socket" ];
+        before = [ "docker.service" ];
+        serviceConfig = sandbox // auditPaths // {
+          Type = "exec";
+          ExecStart = "${exe} serve --policy ${policyFile} --audit-log ${cfg.auditLog}";
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          Restart = "on-failure";
+          RestartSec = "1s";
+          # In-flight calls are drained for up to 10 s on SIGTERM.
+          TimeoutStopSec = "15s";
+        };
+      };
+
+      systemd.services.docker = {
+        wants = [ "prune-guard.socket" ];
+        after = [ "prune-guard.socket" ];
+      };
+    }
+
+    (mkIf cfg.reclaim.enable {
+      systemd.services.prune-guard-reclaim = {
+        description = "prune-guard reclaim: free disk space without evicting recent images";
+        documentation = [ "https://github.com/prune-guard/prune-guard/blob/main/docs/install.md" ];
+        requires = [ "docker.service" ];
+        after = [ "docker.service" ];
+        serviceConfig = sandbox // auditPaths // {
+          Type = "oneshot";
+          # The same policy file (run labels, protected images) and audit
+          # log as the plugin.
+          ExecStart = "${exe} reclaim --policy ${policyFile} --audit-log ${cfg.auditLog} --high ${toString cfg.reclaim.highPercent} --low ${toString cfg.reclaim.lowPercent} --min-age ${cfg.reclaim.minAge}";
+          # reclaim remembers when it last saw each image in use
+          # (/var/lib/prune-guard/reclaim-state.json).
+          StateDirectory = "prune-guard";
+          StateDirectoryMode = "0700";
+        };
+      };
+
+      systemd.timers.prune-guard-reclaim = {
+        description = "Run prune-guard reclaim periodically";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.reclaim.dates;
+          Persistent = true;
+          RandomizedDelaySec = "5min";
+        };
+      };
+    })
+  ]);
+}
