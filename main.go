@@ -38,6 +38,7 @@ denial is written to a JSON-lines audit log.`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd(), newPolicyCmd(), newCheckCmd(), newExplainCmd(), newStatusCmd())
+	root.AddCommand(newReclaimCmd())
 	root.AddCommand(newAuditCmd())
 	return root
 }

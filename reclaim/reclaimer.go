@@ -1,0 +1,656 @@
+package reclaim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/client"
+
+	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/rules"
+	"github.com/prune-guard/prune-guard/runs"
+)
+
+// Config configures a Reclaimer.
+type Config struct {
+	Options
+	// Host is the engine's address (a DOCKER_HOST URL).
+	Host string
+	// RunLabels mark the containers and services of an active CI run
+	// (KEY or KEY=VALUE), as for the plugin.
+	RunLabels []string
+	// StatePath is the state file: first sightings and last uses.
+	StatePath string
+	// DryRun prints the plan and removes nothing.
+	DryRun bool
+	// EngineTimeout bounds each engine request.
+	EngineTimeout time.Duration
+	// Out receives the human-readable report.
+	Out io.Writer
+}
+
+// maxPending bounds the events --watch holds between passes.
+const maxPending = 1 << 16
+
+// Reclaimer runs reclaim passes against one engine.
+type Reclaimer struct {
+	cfg     Config
+	c       *client.Client
+	runs    *runs.Tracker
+	audit   *audit.Log
+	now     func() time.Time
+	measure func(path string) (Usage, error)
+
+	mu      sync.Mutex
+	pending []events.Message // watch mode: received, not yet applied
+	horizon time.Time        // watch mode: events before this are received
+}
+
+// New returns a Reclaimer for cfg.Host that audits to al.
+func New(cfg Config, al *audit.Log) (*Reclaimer, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	c, err := client.New(client.WithHost(cfg.Host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("reclaim: engine client for %s: %w", cfg.Host, err)
+	}
+	tr, err := runs.New(cfg.Host, cfg.EngineTimeout)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	return &Reclaimer{cfg: cfg, c: c, runs: tr, audit: al, now: time.Now, measure: Measure}, nil
+}
+
+func (cfg Config) validate() error {
+	switch {
+	case !(cfg.Low >= 0 && cfg.Low < cfg.High && cfg.High <= 100):
+		return fmt.Errorf("want 0 <= --low < --high <= 100, have --low %g --high %g", cfg.Low, cfg.High)
+	case cfg.MinAge < 0:
+		return errors.New("--min-age must not be negative")
+	case cfg.MaxUnused < 0:
+		return errors.New("--max-unused must not be negative")
+	case cfg.MaxUnused > 0 && cfg.MaxUnused < cfg.MinAge:
+		return fmt.Errorf("--max-unused %s is shorter than --min-age %s: images that young are never removed", cfg.MaxUnused, cfg.MinAge)
+	case cfg.EngineTimeout <= 0:
+		return errors.New("--engine-timeout must be positive")
+	case cfg.StatePath == "":
+		return errors.New("--state must name a file")
+	}
+	if err := runs.ValidateLabels(cfg.RunLabels); err != nil {
+		return fmt.Errorf("--run-label: %w", err)
+	}
+	if err := cfg.Protect.Validate(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Close releases the engine connections.
+func (r *Reclaimer) Close() error {
+	return errors.Join(r.c.Close(), r.runs.Close())
+}
+
+// Result is what one pass did.
+type Result struct {
+	Plan    Plan
+	Before  Usage
+	After   Usage
+	Started time.Time
+	Took    time.Duration
+	Removed []Outcome
+	Skipped []Outcome
+	// Stopped says why the pass stopped before its plan was done (a run
+	// started); "" otherwise.
+	Stopped string
+}
+
+// Freed is the disk space the removals gave back, as measured.
+func (res *Result) Freed() int64 {
+	var n int64
+	for _, o := range res.Removed {
+		n += o.Freed
+	}
+	return n
+}
+
+// Outcome is what became of one step.
+type Outcome struct {
+	Step  Step
+	Freed int64  // measured, bytes
+	Err   error  // why it was skipped
+	Kind  string // removed, conflict, denied, gone
+}
+
+// Once runs one pass: it reads the engine's events since the last pass,
+// resyncs, measures, plans, removes, and saves the state. This is what a
+// systemd timer runs.
+func (r *Reclaimer) Once(ctx context.Context) (*Result, error) {
+	st := r.loadState()
+	until := r.now()
+	var evs []events.Message
+	// A state from the future (a clock set back) has nothing to replay.
+	if !st.Since.IsZero() && st.Since.Before(until) {
+		var err error
+		if evs, err = r.replay(ctx, st.Since, until); err != nil {
+			return nil, err
+		}
+	}
+	res, err := r.pass(ctx, st, evs)
+	if res != nil {
+		// Even a refused pass has resynced: keep what it learned.
+		st.Since = until
+		if serr := st.Save(r.cfg.StatePath); serr != nil {
+			err = errors.Join(err, serr)
+		}
+	}
+	return res, err
+}
+
+// Watch runs a pass every interval until ctx ends, following the engine's
+// events in between so that short-lived containers count as uses. A pass
+// that fails is reported and the next one runs on time.
+func (r *Reclaimer) Watch(ctx context.Context, interval time.Duration, errOut io.Writer) error {
+	if interval <= 0 {
+		return errors.New("--watch interval must be positive")
+	}
+	st := r.loadState()
+	r.horizon = st.Since
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		r.follow(ctx, st.Since, errOut)
+	}()
+	defer func() { <-followed }()
+
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		r.mu.Lock()
+		evs, horizon := r.pending, r.horizon
+		r.pending = nil
+		r.mu.Unlock()
+		_, err := r.pass(ctx, st, evs)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			fmt.Fprintf(errOut, "prune-guard reclaim: %v\n", err)
+			r.audit.Event("reclaim failed", map[string]any{"component": "reclaim", "error": err.Error()})
+			// The pass may have failed before applying them; applying
+			// an event twice changes nothing.
+			r.mu.Lock()
+			r.pending = append(evs, r.pending...)
+			r.mu.Unlock()
+		case horizon.After(st.Since):
+			st.Since = horizon
+		}
+		if err := st.Save(r.cfg.StatePath); err != nil {
+			fmt.Fprintf(errOut, "prune-guard reclaim: %v\n", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// follow subscribes to the engine's events from since (or now) until ctx
+// ends, queueing them for the next pass and reconnecting after an error
+// from where it left off.
+func (r *Reclaimer) follow(ctx context.Context, since time.Time, errOut io.Writer) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		opts := client.EventsListOptions{Filters: eventFilters()}
+		if !since.IsZero() {
+			opts.Since = since.UTC().Format(time.RFC3339Nano)
+		}
+		subscribed := r.now()
+		stream := r.c.Events(ctx, opts)
+		err := func() error {
+			for {
+				select {
+				case m := <-stream.Messages:
+					backoff = time.Second
+					r.mu.Lock()
+					if len(r.pending) >= maxPending {
+						// Passes have been failing for a long time;
+						// the resync covers what is dropped.
+						r.pending = r.pending[len(r.pending)-maxPending/2:]
+					}
+					r.pending = append(r.pending, m)
+					if t := eventTime(m); t.After(r.horizon) {
+						r.horizon, since = t, t
+					}
+					r.mu.Unlock()
+				case err := <-stream.Err:
+					return err
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(time.Second):
+					// Connected and quiet: everything before the
+					// subscription is in.
+					r.mu.Lock()
+					if subscribed.After(r.horizon) {
+						r.horizon = subscribed
+					}
+					r.mu.Unlock()
+				}
+			}
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		fmt.Fprintf(errOut, "prune-guard reclaim: engine events interrupted (%v); reconnecting in %v\n", err, backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+func eventFilters() client.Filters {
+	return make(client.Filters).Add("type", eventTypes...).Add("event", eventActions...)
+}
+
+// replay reads the events the engine still holds from since to until. The
+// engine keeps only the most recent ones (256 on 20.10), so older gaps are
+// left to the resync.
+func (r *Reclaimer) replay(ctx context.Context, since, until time.Time) ([]events.Message, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.EngineTimeout)
+	defer cancel()
+	stream := r.c.Events(ctx, client.EventsListOptions{
+		Since:   since.UTC().Format(time.RFC3339Nano),
+		Until:   until.UTC().Format(time.RFC3339Nano),
+		Filters: eventFilters(),
+	})
+	var evs []events.Message
+	for {
+		select {
+		case m := <-stream.Messages:
+			evs = append(evs, m)
+		case err := <-stream.Err:
+			if err == nil || errors.Is(err, io.EOF) {
+				return evs, nil
+			}
+			return nil, fmt.Errorf("read engine events since %s: %w", since.Format(time.RFC3339), err)
+		}
+	}
+}
+
+// loadState reads the state file; a corrupt one is reported and replaced.
+func (r *Reclaimer) loadState() *State {
+	st, err := LoadState(r.cfg.StatePath)
+	if err == nil {
+		return st
+	}
+	// Unreadable or corrupt: starting afresh only makes every image
+	// young, which removes less, never more.
+	fmt.Fprintf(r.cfg.Out, "warning: %v; starting afresh (every image counts as first seen now)\n", err)
+	r.audit.Event("reclaim state reset", map[string]any{"component": "reclaim", "state": r.cfg.StatePath, "error": err.Error()})
+	if st == nil {
+		st = NewState()
+	}
+	return st
+}
+
+// pass gathers the facts, plans, and (unless refused or dry) removes.
+func (r *Reclaimer) pass(ctx context.Context, st *State, evs []events.Message) (*Result, error) {
+	res := &Result{Started: r.now()}
+	root, images, containers, err := r.inventory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	idx := NewIndex(images)
+	for _, m := range evs {
+		st.Observe(m, idx)
+	}
+	now := r.now()
+	st.Resync(now, images, containers)
+
+	if res.Before, err = r.measure(root); err != nil {
+		return nil, fmt.Errorf("measure the engine's data root (reclaim must run on the engine's host): %w", err)
+	}
+	var rs rules.RunState
+	rs.Active, rs.Err = r.runs.Active(ctx, r.cfg.RunLabels)
+	res.Plan = NewPlan(Facts{
+		Now: now, Usage: res.Before, Images: images, Containers: containers, Records: st.Images, Runs: rs,
+	}, r.cfg.Options)
+	p := &res.Plan
+	r.header(res)
+
+	switch {
+	case p.Refused != "":
+		res.After, res.Took = res.Before, r.now().Sub(res.Started)
+		r.audit.Event("reclaim refused", r.passFields(res))
+		return res, nil
+	case r.cfg.DryRun:
+		r.printPlan(p)
+		res.After, res.Took = res.Before, r.now().Sub(res.Started)
+		r.audit.Event("reclaim dry run", r.passFields(res))
+		return res, nil
+	}
+
+	err = r.execute(ctx, st, res)
+	if after, merr := r.measure(root); merr == nil {
+		res.After = after
+	} else {
+		err = errors.Join(err, merr)
+		res.After = res.Before
+	}
+	res.Took = r.now().Sub(res.Started)
+	r.summary(res)
+	r.audit.Event("reclaim pass", r.passFields(res))
+	if err != nil {
+		return res, err
+	}
+	if p.Pressure && res.After.Percent() >= p.High && res.Stopped == "" {
+		return res, fmt.Errorf("%s is still %.1f%% used, at or above --high %g%%: nothing more may be removed (see the kept images above)",
+			root, res.After.Percent(), p.High)
+	}
+	return res, nil
+}
+
+// inventory lists the data root, every image and every container.
+func (r *Reclaimer) inventory(ctx context.Context) (string, []Image, []Container, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.EngineTimeout)
+	defer cancel()
+	info, err := r.c.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("ask the engine for its data root: %w", err)
+	}
+	root := info.Info.DockerRootDir
+	if root == "" {
+		return "", nil, nil, errors.New("the engine reports no data root (DockerRootDir)")
+	}
+	il, err := r.c.ImageList(ctx, client.ImageListOptions{All: true, SharedSize: true})
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("list images: %w", err)
+	}
+	images := make([]Image, 0, len(il.Items))
+	for _, s := range il.Items {
+		images = append(images, Image{
+			ID: s.ID, ParentID: s.ParentID, RepoTags: s.RepoTags, RepoDigests: s.RepoDigests,
+			Labels: s.Labels, Size: s.Size, SharedSize: s.SharedSize,
+		})
+	}
+	cl, err := r.c.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("list containers: %w", err)
+	}
+	containers := make([]Container, 0, len(cl.Items))
+	for _, c := range cl.Items {
+		name := ""
+		if len(c.Names) > 0 {
+			name = c.Names[0]
+		}
+		containers = append(containers, Container{
+			ID: c.ID, Name: name, ImageID: c.ImageID, State: string(c.State), Created: time.Unix(c.Created, 0),
+		})
+	}
+	return root, images, containers, nil
+}
+
+// execute takes the plan's steps in order: a forced step always, any other
+// while the measured usage is above Low. Before each removal it asks again
+// whether a run is active, and stops if one is or if it cannot tell.
+func (r *Reclaimer) execute(ctx context.Context, st *State, res *Result) error {
+	p := &res.Plan
+	root := p.Usage.Path
+	for _, s := range p.Steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		before, err := r.measure(root)
+		if err != nil {
+			return fmt.Errorf("measure %s: %w", root, err)
+		}
+		if !s.Forced && before.Percent() <= p.Low {
+			continue // pressure relieved; only forced steps remain to take
+		}
+		active, err := r.runs.Active(ctx, r.cfg.RunLabels)
+		switch {
+		case err != nil:
+			res.Stopped = fmt.Sprintf("the CI run state became unknown (%v)", err)
+		case len(active) > 0:
+			names := make([]string, len(active))
+			for i, a := range active {
+				names[i] = a.String()
+			}
+			res.Stopped = "a CI run started: " + strings.Join(names, ", ")
+		}
+		if res.Stopped != "" {
+			fmt.Fprintf(r.cfg.Out, "stopped: %s; the rest waits for the next pass\n", res.Stopped)
+			return nil
+		}
+
+		o := Outcome{Step: s}
+		o.Kind, o.Err = r.remove(ctx, s.Image)
+		if o.Err == nil {
+			after, err := r.measure(root)
+			if err != nil {
+				return fmt.Errorf("measure %s: %w", root, err)
+			}
+			o.Freed = int64(after.Avail) - int64(before.Avail)
+			o.Freed = max(o.Freed, 0) // others write to the disk meanwhile
+			res.Removed = append(res.Removed, o)
+			delete(st.Images, s.Image.ID)
+			fmt.Fprintf(r.cfg.Out, "removed %s: freed %s (%s)\n", s.Image.Name(), bytesText(o.Freed), s.Why)
+			r.audit.Event("reclaim removed image", r.stepFields(o))
+			continue
+		}
+		if o.Kind == "" {
+			return fmt.Errorf("remove %s: %w", s.Image.Name(), o.Err)
+		}
+		res.Skipped = append(res.Skipped, o)
+		fmt.Fprintf(r.cfg.Out, "skipped %s (%s): %v\n", s.Image.Name(), o.Kind, o.Err)
+		r.audit.Event("reclaim skipped image", r.stepFields(o))
+	}
+	return nil
+}
+
+// remove deletes an image by ID, without force, with its untagged parents
+// (as docker rmi does). It returns the kind of a skippable failure
+// (conflict, denied, gone) or "" with an error that should stop the pass.
+//
+// The engine refuses to delete by ID an image tagged more than once ("image
+// is referenced in multiple repositories"), which a CI host's app:sha plus
+// app:latest is. Since the plan has already decided that every one of its
+// names may go, reclaim then checks that no container has started using the
+// image, removes the extra names one by one (each an ordinary, authorized
+// untag), and deletes by ID again.
+func (r *Reclaimer) remove(ctx context.Context, im Image) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.EngineTimeout)
+	defer cancel()
+	_, err := r.c.ImageRemove(ctx, im.ID, client.ImageRemoveOptions{PruneChildren: true})
+	refs := im.Refs()
+	if err != nil && cerrdefs.IsConflict(err) && len(refs) > 1 && strings.Contains(err.Error(), "referenced in multiple repositories") {
+		if err := r.untagExtra(ctx, im.ID, refs); err != nil {
+			return skipKind(err), err
+		}
+		_, err = r.c.ImageRemove(ctx, im.ID, client.ImageRemoveOptions{PruneChildren: true})
+	}
+	if err != nil {
+		return skipKind(err), err
+	}
+	return "removed", nil
+}
+
+// untagExtra removes every name of an image but its first tag.
+func (r *Reclaimer) untagExtra(ctx context.Context, id string, refs []string) error {
+	cl, err := r.c.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("ancestor", id)})
+	if err != nil {
+		return fmt.Errorf("check the image's containers before untagging: %w", err)
+	}
+	if len(cl.Items) > 0 {
+		return cerrdefs.ErrConflict.WithMessage(fmt.Sprintf("container %s now uses the image", ShortID(cl.Items[0].ID)))
+	}
+	keep := refs[0]
+	var done []string
+	for _, ref := range refs[1:] {
+		if ref == keep {
+			continue
+		}
+		if _, err := r.c.ImageRemove(ctx, ref, client.ImageRemoveOptions{}); err != nil {
+			if len(done) > 0 {
+				return fmt.Errorf("untag %s (after untagging %s): %w", ref, strings.Join(done, ", "), err)
+			}
+			return fmt.Errorf("untag %s: %w", ref, err)
+		}
+		done = append(done, ref)
+	}
+	return nil
+}
+
+// skipKind classifies a removal error that must not stop the pass: a
+// conflict (the image gained a container or a child), a denial (an
+// authorization plugin's policy), or an image already gone.
+func skipKind(err error) string {
+	switch {
+	case cerrdefs.IsConflict(err):
+		return "conflict"
+	case cerrdefs.IsPermissionDenied(err):
+		return "denied"
+	case cerrdefs.IsNotFound(err):
+		return "gone"
+	}
+	return ""
+}
+
+func (r *Reclaimer) header(res *Result) {
+	p := &res.Plan
+	u := p.Usage
+	fmt.Fprintf(r.cfg.Out, "reclaim: %s: %.1f%% of %s used (high %g%%, low %g%%)", u.Path, u.Percent(), bytesText(int64(u.Total)), p.High, p.Low)
+	switch {
+	case p.Pressure:
+		fmt.Fprintf(r.cfg.Out, ": at or above high, %s to free\n", bytesText(p.Need))
+	case len(p.Steps) > 0:
+		fmt.Fprintf(r.cfg.Out, ": below high; removing images unused for longer than --max-unused %s\n", r.cfg.MaxUnused)
+	default:
+		fmt.Fprintf(r.cfg.Out, ": below high, nothing to do\n")
+	}
+	if p.Refused != "" {
+		fmt.Fprintf(r.cfg.Out, "refused: %s\n", p.Refused)
+	}
+}
+
+func (r *Reclaimer) printPlan(p *Plan) {
+	w := r.cfg.Out
+	if len(p.Steps) == 0 && !p.Pressure {
+		return
+	}
+	fmt.Fprintln(w, "plan (dry run: nothing is removed):")
+	for i, s := range p.Steps {
+		what := "remove"
+		if !s.Forced && !s.Needed {
+			what = "if still above low, remove"
+		}
+		fmt.Fprintf(w, "  %2d. %s %s, about %s: %s\n", i+1, what, s.Image.Name(), bytesText(s.Estimate), s.Why)
+	}
+	if len(p.Steps) == 0 {
+		fmt.Fprintln(w, "  nothing may be removed")
+	}
+	r.printKept(p)
+	after := p.Usage
+	after.Avail += uint64(p.Planned())
+	fmt.Fprintf(w, "estimate: %s freed, %.1f%% used after\n", bytesText(p.Planned()), after.Percent())
+}
+
+func (r *Reclaimer) printKept(p *Plan) {
+	if len(p.Keep) == 0 {
+		return
+	}
+	fmt.Fprintln(r.cfg.Out, "kept:")
+	for _, k := range p.Keep {
+		fmt.Fprintf(r.cfg.Out, "  %s: %s\n", k.Image.Name(), k.Why)
+	}
+}
+
+func (r *Reclaimer) summary(res *Result) {
+	p := &res.Plan
+	if len(res.Removed)+len(res.Skipped) == 0 && !p.Pressure && res.Stopped == "" {
+		return // nothing was due: the header said so
+	}
+	fmt.Fprintf(r.cfg.Out, "reclaim: freed %s in %v: %.1f%% -> %.1f%% used (%d removed, %d skipped, %d kept)\n",
+		bytesText(res.Freed()), res.Took.Round(time.Millisecond), res.Before.Percent(), res.After.Percent(),
+		len(res.Removed), len(res.Skipped), len(p.Keep))
+	if p.Pressure && res.After.Percent() > p.Low {
+		r.printKept(p)
+	}
+}
+
+func (r *Reclaimer) passFields(res *Result) map[string]any {
+	p := &res.Plan
+	f := map[string]any{
+		"component":     "reclaim",
+		"data_root":     p.Usage.Path,
+		"high":          p.High,
+		"low":           p.Low,
+		"pressure":      p.Pressure,
+		"usage_before":  round1(res.Before.Percent()),
+		"usage_after":   round1(res.After.Percent()),
+		"total_bytes":   p.Usage.Total,
+		"freed_bytes":   res.Freed(),
+		"removed":       len(res.Removed),
+		"skipped":       len(res.Skipped),
+		"kept":          len(p.Keep),
+		"planned_bytes": p.Planned(),
+		"duration_ms":   res.Took.Milliseconds(),
+		"dry_run":       r.cfg.DryRun,
+	}
+	if p.Refused != "" {
+		f["reason"] = p.Refused
+	}
+	if res.Stopped != "" {
+		f["stopped"] = res.Stopped
+	}
+	return f
+}
+
+func (r *Reclaimer) stepFields(o Outcome) map[string]any {
+	s := o.Step
+	f := map[string]any{
+		"component":      "reclaim",
+		"operation":      "image-delete",
+		"image":          s.Image.ID,
+		"refs":           strings.Join(s.Image.Refs(), ","),
+		"why":            s.Why,
+		"forced":         s.Forced,
+		"estimate_bytes": s.Estimate,
+		"result":         o.Kind,
+	}
+	if o.Err != nil {
+		f["error"] = o.Err.Error()
+	} else {
+		f["freed_bytes"] = o.Freed
+	}
+	return f
+}
+
+func round1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
+
+// bytesText prints a size in binary units: 512 B, 12.0 MiB, 3.4 GiB.
+func bytesText(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f, i := float64(n), 0
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	for f /= unit; (f >= unit || f <= -unit) && i < len(units)-1; i++ {
+		f /= unit
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}
