@@ -66,6 +66,7 @@ func StartPlugin(t testing.TB, bin string, args ...string) *Plugin {
 	if err := os.MkdirAll(pluginDir, 0o755); err != nil {
 		t.Fatalf("enginetest: creating %s: %v", pluginDir, err)
 	}
+	removeDeadSockets()
 	// A socket left by an earlier process with our PID would answer for a
 	// dead plugin.
 	if err := os.Remove(p.sock); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -310,4 +311,26 @@ func Main(m *testing.M) int {
 		}
 	}
 	return code
+}
+
+// deadSocketsOnce limits the sweep to once per test process.
+var deadSocketsOnce sync.Once
+
+// removeDeadSockets removes pgtest-PID-N.sock files whose test process is
+// gone (a test binary that was killed cannot clean up). dockerd probes every
+// socket in the plugin directory when it looks for a volume driver, and a
+// dead one costs each such call about 15 s.
+func removeDeadSockets() {
+	deadSocketsOnce.Do(func() {
+		socks, _ := filepath.Glob(filepath.Join(pluginDir, "pgtest-*-*.sock"))
+		for _, s := range socks {
+			var pid, n int
+			if _, err := fmt.Sscanf(filepath.Base(s), "pgtest-%d-%d.sock", &pid, &n); err != nil {
+				continue
+			}
+			if syscall.Kill(pid, 0) == syscall.ESRCH {
+				_ = os.Remove(s)
+			}
+		}
+	})
 }
