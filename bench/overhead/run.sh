@@ -212,7 +212,11 @@ wait_plugin guard-plugin "$GUARD_SOCK" "$GUARD_PLUGIN_PID"
 start_daemon() {
 	local t=$1 d=$W/$1
 	shift
-	dockerd --host "unix://$d/d.sock" --data-root "$d/data" --exec-root "$d/exec" \
+	# An empty config file of its own, so the host's /etc/docker/daemon.json
+	# (which may name an authorization plugin) never leaks in.
+	mkdir -p "$d"
+	echo '{}' >"$d/daemon.json"
+	dockerd --config-file "$d/daemon.json" --host "unix://$d/d.sock" --data-root "$d/data" --exec-root "$d/exec" \
 		--pidfile "$d/d.pid" --iptables=false --bridge=none "$@" >"$d/dockerd.log" 2>&1 &
 	DAEMON_PID[$t]=$!
 }
