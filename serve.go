@@ -192,7 +192,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	apply := func(next *policy.Config, err error) {
 		if err != nil {
 			g.Stats().PolicyRejected()
-			log.WithError(err).Error("policy rejected; the policy in force stays")
+			log.WithField("error", audit.Redact(err.Error())).Error("policy rejected; the policy in force stays")
 			al.Event("policy rejected", map[string]any{"error": err.Error(), "policy": g.Config().ShortHash()})
 			return
 		}
@@ -225,7 +225,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		}()
 	}
 
-	log.WithFields(logrus.Fields{"socket": listening, "docker_host": o.dockerHost, "run_labels": cfg.RunLabels,
+	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "run_labels": cfg.RunLabels,
 		"policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})
 	if o.metricsAddr != "" {

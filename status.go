@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/plugin"
 	"github.com/prune-guard/prune-guard/runs"
 )
@@ -74,7 +75,7 @@ func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) erro
 		labels = st.Policy.RunLabels
 	}
 
-	fmt.Fprintf(w, "Runs (labels %s, engine %s):\n", strings.Join(labels, ", "), dockerHost)
+	fmt.Fprintf(w, "Runs (labels %s, engine %s):\n", strings.Join(labels, ", "), audit.Redact(dockerHost))
 	tr, err := runs.New(dockerHost, 5*time.Second)
 	if err != nil {
 		return err

@@ -65,25 +65,34 @@ func Open(path string, gid int) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	if err := secure(f, mode, gid); err != nil {
+	fi, err := f.Stat()
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("audit log %s: %w", path, err)
 	}
-	return New(f, f), nil
+	if !fi.Mode().IsRegular() {
+		// A device or pipe (/dev/null, /dev/stdout under a supervisor) is
+		// the operator's choice of sink: its mode is not ours to change,
+		// and it cannot be truncated after a short write.
+		return New(f, f), nil
+	}
+	if err := secure(f, fi, mode, gid); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit log %s: %w", path, err)
+	}
+	lg := New(f, f)
+	lg.w.file = f
+	return lg, nil
 }
 
 // secure gives an audit file its mode and group, whatever umask or an
 // earlier run left: the log names users and images, so it is never
 // world-readable.
-func secure(f *os.File, mode os.FileMode, gid int) error {
+func secure(f *os.File, fi os.FileInfo, mode os.FileMode, gid int) error {
 	if gid >= 0 {
 		if err := f.Chown(-1, gid); err != nil {
 			return fmt.Errorf("set group: %w", err)
 		}
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return err
 	}
 	if fi.Mode().Perm() != mode {
 		if err := f.Chmod(mode); err != nil {
@@ -174,9 +183,13 @@ func redactAll(ss []string) []string {
 	return out
 }
 
-// failWriter counts write failures and reports them, rate-limited.
+// failWriter counts write failures and reports them, rate-limited. When it
+// writes to a regular file, a record cut short (a full disk) is truncated
+// away, so the next record never glues onto half a line. logrus serializes
+// calls to Write, so the size read before a write is the record's offset.
 type failWriter struct {
 	w        io.Writer
+	file     *os.File // set for regular files
 	failures atomic.Int64
 
 	mu       sync.Mutex
@@ -191,11 +204,22 @@ func (fw *failWriter) setOnError(f func(error, int64)) {
 }
 
 func (fw *failWriter) Write(p []byte) (int, error) {
+	var start int64 = -1
+	if fw.file != nil {
+		if fi, err := fw.file.Stat(); err == nil {
+			start = fi.Size()
+		}
+	}
 	n, err := fw.w.Write(p)
 	if err == nil && n < len(p) {
 		err = io.ErrShortWrite
 	}
 	if err != nil {
+		if n > 0 && start >= 0 {
+			if terr := fw.file.Truncate(start); terr != nil {
+				err = fmt.Errorf("%w; and removing the partial record failed: %v", err, terr)
+			}
+		}
 		failures := fw.failures.Add(1)
 		fw.mu.Lock()
 		f := fw.onError

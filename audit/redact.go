@@ -42,25 +42,40 @@ func Redact(s string) string {
 
 // redactQuery blanks the values of secret-named parameters, keeping the
 // query's order and encoding otherwise untouched so the audit line still
-// shows what the client sent.
+// shows what the client sent. Pairs are split on '&' and also on ';' (a
+// separator for daemons built with Go before 1.17) and '#' (a fragment the
+// server keeps in the raw URI), so no reading of the query leaks a value.
 func redactQuery(q string) string {
-	parts := strings.Split(q, "&")
-	for i, p := range parts {
-		k, _, hasValue := strings.Cut(p, "=")
-		if !hasValue {
-			continue
+	var b strings.Builder
+	for {
+		i := strings.IndexAny(q, "&;#")
+		pair := q
+		if i >= 0 {
+			pair = q[:i]
 		}
-		name, err := url.QueryUnescape(k)
-		if err != nil {
-			name = k
+		b.WriteString(redactPair(pair))
+		if i < 0 {
+			return b.String()
 		}
-		name = strings.ToLower(name)
-		for _, sk := range secretKeys {
-			if strings.Contains(name, sk) {
-				parts[i] = k + "=" + redacted
-				break
-			}
+		b.WriteByte(q[i])
+		q = q[i+1:]
+	}
+}
+
+func redactPair(p string) string {
+	k, _, hasValue := strings.Cut(p, "=")
+	if !hasValue {
+		return p
+	}
+	name, err := url.QueryUnescape(k)
+	if err != nil {
+		name = k
+	}
+	name = strings.ToLower(name)
+	for _, sk := range secretKeys {
+		if strings.Contains(name, sk) {
+			return k + "=" + redacted
 		}
 	}
-	return strings.Join(parts, "&")
+	return p
 }

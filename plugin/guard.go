@@ -122,7 +122,7 @@ func (f *facts) Runs() rules.RunState {
 	active, err := f.g.runs.Active(f.ctx, f.cfg.RunLabels)
 	if err != nil {
 		f.g.stats.engineError()
-		f.g.log.WithError(err).Warn("run state unknown")
+		f.g.log.WithField("error", audit.Redact(err.Error())).Warn("run state unknown")
 	}
 	return rules.RunState{Active: active, Err: err}
 }

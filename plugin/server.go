@@ -145,6 +145,12 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, drain time.Durat
 		// one is not dockerd.
 		ReadTimeout: 30 * time.Second,
 	}
+	// One call per connection. dockerd's plugin client keeps connections
+	// alive and, when a kept one breaks (prune-guard restarted), retries the
+	// call with a body it has already drained; that empty call must be
+	// refused, so the user's docker command would fail. A unix-socket dial
+	// per call is cheap next to that.
+	srv.SetKeepAlivesEnabled(false)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {

@@ -1,0 +1,65 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/policy"
+)
+
+// dockerd keeps its connections to an authorization plugin alive between
+// calls. When the plugin is restarted, a call dockerd sends on a connection
+// to the old process breaks after it was written; dockerd then retries, but
+// its plugin client (moby pkg/plugins callWithRetry) resends a request body
+// it has already read, so the retry is an empty call, which prune-guard
+// must refuse: the docker command fails with "malformed authorization call
+// refused: decode call: EOF" although the new process is up and the socket
+// (under socket activation) never went away. e2e/faults_test.go measures
+// it. If every answer closes its connection, dockerd never holds one to
+// reuse, and a call after a restart always dials the new process.
+func TestEveryAnswerClosesItsConnectionSoNoneIsReusedAcrossARestart(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	al := audit.New(io.Discard, nil)
+	g := NewGuard(policy.Default(), &fakeRuns{}, &fakeNames{}, al, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, l, Handler(g, al), time.Second) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	// The transport dockerd's plugin client uses: keep-alive by default.
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	for _, path := range []string{"/Plugin.Activate", "/AuthZPlugin.AuthZReq", "/AuthZPlugin.AuthZRes"} {
+		resp, err := c.Post("http://plugin"+path, "application/json", bytes.NewReader([]byte(`{"RequestMethod":"GET","RequestUri":"/_ping"}`)))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if !resp.Close {
+			t.Errorf("%s answered without closing its connection (no \"Connection: close\"); dockerd keeps it for its next call, which breaks if prune-guard restarts meanwhile", path)
+		}
+	}
+}
