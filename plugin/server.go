@@ -75,6 +75,9 @@ type call struct {
 
 func decodeCall(w http.ResponseWriter, r *http.Request) (authorization.Request, error) {
 	var c call
+	// A slow body cannot hold a goroutine forever; the error, if any, is
+	// only that the writer does not support deadlines (tests).
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(callReadTimeout))
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCallSize))
 	if err := dec.Decode(&c); err != nil {
 		return authorization.Request{}, fmt.Errorf("decode call: %w", err)
@@ -135,22 +138,40 @@ func Listen(path string, gid int) (net.Listener, error) {
 	return l, nil
 }
 
+// ServeOptions tunes Serve.
+type ServeOptions struct {
+	// Drain bounds how long calls in flight may finish after ctx ends.
+	Drain time.Duration
+	// ConnPerCall answers every call with "Connection: close".
+	//
+	// dockerd's plugin client keeps connections alive and, when a kept one
+	// breaks (prune-guard restarted or crashed under it), retries the call
+	// with a body it has already drained; that empty call must be refused,
+	// so the docker command racing the restart fails once. One connection
+	// per call removes that race, at a measured cost of about 20% of
+	// dockerd's throughput on every API call (bench/overhead), which is why
+	// it is off by default.
+	ConnPerCall bool
+}
+
+// callReadTimeout bounds reading one call's body. It is set per call, not
+// as the server's ReadTimeout, because the server must never close an idle
+// kept connection itself: dockerd could be sending its next call on it at
+// that moment, and would then retry that call empty (see ServeOptions).
+const callReadTimeout = 30 * time.Second
+
 // Serve answers plugin calls on l until ctx ends, then stops accepting and
-// lets calls in flight finish (bounded by drain).
-func Serve(ctx context.Context, l net.Listener, h http.Handler, drain time.Duration) error {
+// lets calls in flight finish (bounded by o.Drain).
+func Serve(ctx context.Context, l net.Listener, h http.Handler, o ServeOptions) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
-		// A call is small; a client that takes longer than this to send
-		// one is not dockerd.
-		ReadTimeout: 30 * time.Second,
+		// No ReadTimeout or IdleTimeout: either would make the server close
+		// idle connections dockerd may be about to reuse.
 	}
-	// One call per connection. dockerd's plugin client keeps connections
-	// alive and, when a kept one breaks (prune-guard restarted), retries the
-	// call with a body it has already drained; that empty call must be
-	// refused, so the user's docker command would fail. A unix-socket dial
-	// per call is cheap next to that.
-	srv.SetKeepAlivesEnabled(false)
+	if o.ConnPerCall {
+		srv.SetKeepAlivesEnabled(false)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {
@@ -158,7 +179,7 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, drain time.Durat
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	sctx, cancel := context.WithTimeout(context.Background(), o.Drain)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("drain in-flight calls: %w", err)
