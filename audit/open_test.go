@@ -18,7 +18,7 @@ func TestOpenLeavesTheModeOfADeviceAlone(t *testing.T) {
 	node := filepath.Join(t.TempDir(), "null")
 	// Our own node for the null device (char 1,3), never the host's.
 	if err := syscall.Mknod(node, syscall.S_IFCHR|0o666, 1<<8|3); err != nil {
-		if errors.Is(err, syscall.EPERM) {
+		if errors.Is(err, syscall.EPERM) && os.Getenv("CI") != "true" {
 			t.Skipf("creating a device node needs root: %v", err)
 		}
 		t.Fatal(err)
@@ -27,6 +27,9 @@ func TestOpenLeavesTheModeOfADeviceAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	if f, err := os.OpenFile(node, os.O_WRONLY, 0); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("device nodes cannot be opened here (a nodev mount?), and CI=true must run this test: %v", err)
+		}
 		t.Skipf("device nodes cannot be opened here (a nodev mount?): %v", err)
 	} else {
 		f.Close()

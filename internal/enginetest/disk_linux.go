@@ -13,7 +13,7 @@ import (
 func NewSmallDisk(t testing.TB, size int64) *SmallDisk {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		unavailable(t, "a small disk for an engine needs root (euid is %d)", os.Geteuid())
+		Unavailable(t, "a small disk for an engine needs root (euid is %d)", os.Geteuid())
 	}
 	dir, err := os.MkdirTemp("/tmp", "pgdisk")
 	if err != nil {
@@ -31,7 +31,7 @@ func NewSmallDisk(t testing.TB, size int64) *SmallDisk {
 	})
 	opts := "size=" + strconv.FormatInt(size, 10) + ",mode=0700"
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, opts); err != nil {
-		unavailable(t, "mounting a %d-byte tmpfs at %s: %v", size, dir, err)
+		Unavailable(t, "mounting a %d-byte tmpfs at %s: %v", size, dir, err)
 	}
 	if err := os.Mkdir(d.DataRoot(), 0o711); err != nil {
 		t.Fatalf("enginetest: creating data root: %v", err)

@@ -11,7 +11,7 @@ import (
 // fails it under CI.
 func NewSmallDisk(t testing.TB, size int64) *SmallDisk {
 	t.Helper()
-	unavailable(t, "a small disk for an engine needs Linux, not %s", runtime.GOOS)
+	Unavailable(t, "a small disk for an engine needs Linux, not %s", runtime.GOOS)
 	return nil
 }
 

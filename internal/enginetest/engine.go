@@ -317,10 +317,10 @@ type tools struct{ dockerd, docker string }
 func requireEngine(t testing.TB) tools {
 	t.Helper()
 	if runtime.GOOS != "linux" {
-		unavailable(t, "a private dockerd needs Linux, not %s", runtime.GOOS)
+		Unavailable(t, "a private dockerd needs Linux, not %s", runtime.GOOS)
 	}
 	if os.Geteuid() != 0 {
-		unavailable(t, "a private dockerd needs root (euid is %d)", os.Geteuid())
+		Unavailable(t, "a private dockerd needs root (euid is %d)", os.Geteuid())
 	}
 	var tl tools
 	for _, b := range []struct {
@@ -335,7 +335,7 @@ func requireEngine(t testing.TB) tools {
 	} {
 		p, err := lookPath(b.name)
 		if err != nil {
-			unavailable(t, "%s not found: %v", b.name, err)
+			Unavailable(t, "%s not found: %v", b.name, err)
 		}
 		if b.path != nil {
 			*b.path = p
@@ -344,9 +344,9 @@ func requireEngine(t testing.TB) tools {
 	return tl
 }
 
-// unavailable skips t with reason, or fails it when CI=true: in CI a missing
-// engine is a broken machine, not a reason to pass.
-func unavailable(t testing.TB, format string, args ...any) {
+// Unavailable skips t with reason, or fails it when CI=true: in CI a missing
+// engine, tool or kernel feature is a broken machine, not a reason to pass.
+func Unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
 	reason := fmt.Sprintf(format, args...)
 	if os.Getenv("CI") == "true" {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -37,7 +36,7 @@ func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
-		unavailable(t, "docker-registry not found (Debian package docker-registry): %v", err)
+		Unavailable(t, "docker-registry not found (Debian package docker-registry): %v", err)
 	}
 	port, err := freeTCPPort()
 	if err != nil {
@@ -100,15 +99,5 @@ http:
 // has served so far, from its access log.
 func (r *Registry) BlobGets(t testing.TB) int {
 	t.Helper()
-	data, err := os.ReadFile(r.log)
-	if err != nil {
-		t.Fatalf("enginetest: read registry log: %v", err)
-	}
-	n := 0
-	for _, l := range strings.Split(string(data), "\n") {
-		if strings.Contains(l, `"GET /v2/`) && strings.Contains(l, "/blobs/") {
-			n++
-		}
-	}
-	return n
+	return len(r.BlobDownloads(t))
 }

@@ -7,8 +7,8 @@ import (
 )
 
 // BlobDownloads returns the blob downloads (the access log's GET
-// /v2/NAME/blobs/DIGEST lines, what BlobGets counts) served so far, in
-// order, so that a failure can say which layers were fetched.
+// /v2/NAME/blobs/DIGEST lines) served so far, in order, so that a failure
+// can say which layers were fetched.
 func (r *Registry) BlobDownloads(t testing.TB) []string {
 	t.Helper()
 	data, err := os.ReadFile(r.log)

@@ -62,10 +62,10 @@ func BootSystemd(t testing.TB, opts SystemdOptions) *Systemd {
 	requireEngine(t) // Linux and root
 	nspawn, err := lookPath("systemd-nspawn")
 	if err != nil {
-		unavailable(t, "systemd-nspawn not found (Debian: apt-get install systemd-container): %v", err)
+		Unavailable(t, "systemd-nspawn not found (Debian: apt-get install systemd-container): %v", err)
 	}
 	if _, err := lookPath("nsenter"); err != nil {
-		unavailable(t, "nsenter not found: %v", err)
+		Unavailable(t, "nsenter not found: %v", err)
 	}
 	dir, err := os.MkdirTemp("/tmp", "pgsd")
 	if err != nil {
