@@ -58,7 +58,7 @@ func New(cfg Config, al *audit.Log) (*Reclaimer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	c, err := client.New(client.WithHost(cfg.Host), client.WithAPIVersionNegotiation())
+	c, err := client.New(client.WithHost(cfg.Host))
 	if err != nil {
 		return nil, fmt.Errorf("reclaim: engine client for %s: %w", cfg.Host, err)
 	}

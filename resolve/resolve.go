@@ -38,7 +38,7 @@ type Resolver struct {
 // New returns a resolver for the engine at host; each question is bounded
 // by timeout.
 func New(host string, timeout time.Duration) (*Resolver, error) {
-	c, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation())
+	c, err := client.New(client.WithHost(host))
 	if err != nil {
 		return nil, fmt.Errorf("resolve: engine client for %s: %w", host, err)
 	}

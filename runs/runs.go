@@ -36,7 +36,7 @@ type Tracker struct {
 // New returns a tracker for the engine at host (a DOCKER_HOST URL). Each
 // question is bounded by timeout.
 func New(host string, timeout time.Duration) (*Tracker, error) {
-	c, err := client.New(client.WithHost(host), client.WithAPIVersionNegotiation())
+	c, err := client.New(client.WithHost(host))
 	if err != nil {
 		return nil, fmt.Errorf("runs: engine client for %s: %w", host, err)
 	}
