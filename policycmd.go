@@ -49,7 +49,9 @@ exits 0; otherwise it prints every error with its file and line and exits 1.`,
 				return err
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "%s: ok (policy %s, mode %s, audit %s, run labels %s)\n", args[0], c.ShortHash(), c.Policy.Mode, c.Audit, strings.Join(c.RunLabels, ","))
+			fmt.Fprintf(w, "%s: ok (policy %s, mode %s, audit %s, run labels %s, grace %s)\n", args[0], c.ShortHash(), c.Policy.Mode, c.Audit,
+				strings.Join(c.Run.Labels, ","), c.Detection.Grace)
+			fmt.Fprintf(w, "  detectors: %s\n", strings.Join(c.Detection.Names(), ", "))
 			for i, r := range c.Policy.Rules {
 				fmt.Fprintf(w, "  %d. %s\n", i+1, r)
 			}
@@ -105,7 +107,8 @@ explains each request the CLI sends.`,
 			facts := rules.FactsFuncs{
 				RunsFunc: func() rules.RunState {
 					if o.runActive {
-						return rules.RunState{Active: []rules.Run{{Kind: "container", Name: "(--run-active)", Label: cfg.RunLabels[0], Value: "example"}}}
+						return rules.RunState{Active: []rules.Run{{Detector: rules.PruneGuardDetector, System: "prune-guard run", Job: "example",
+							Kind: rules.Container, Name: "(--run-active)"}}}
 					}
 					return rules.RunState{}
 				},

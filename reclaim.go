@@ -26,7 +26,7 @@ type reclaimOptions struct {
 	state         string
 	auditLog      string
 	policyFile    string
-	runLabels     []string
+	run           runFlags
 	protectImages []string
 	protectLabels []string
 	engineTimeout time.Duration
@@ -107,7 +107,7 @@ when usage is still at or above --high after all it may remove.`,
 	f.StringVar(&o.state, "state", "/var/lib/prune-guard/reclaim-state.json", "state file: when each image was first seen and last used (written atomically, 0600)")
 	f.StringVar(&o.auditLog, "audit-log", "-", "JSON-lines audit file, appended to and created 0600; - for standard output")
 	f.StringVar(&o.policyFile, "policy", "", "policy file shared with 'prune-guard serve': its run.labels and protect settings apply; flags override them")
-	f.StringArrayVar(&o.runLabels, "run-label", def.RunLabels, "label KEY or KEY=VALUE that marks a container or service as part of an active CI run (repeatable; replaces the policy's run.labels)")
+	o.run.register(f)
 	f.StringArrayVar(&o.protectImages, "protect-image", def.Protect.Images, "reference pattern (path.Match syntax, e.g. 'registry.example/base/*') of images never to remove (repeatable; replaces the policy's protect.images)")
 	f.StringArrayVar(&o.protectLabels, "protect-label", def.Protect.Labels, "image label KEY or KEY=VALUE that protects an image (repeatable; replaces the policy's protect.labels)")
 	f.DurationVar(&o.engineTimeout, "engine-timeout", time.Minute, "bound on each engine request")
@@ -130,14 +130,18 @@ func (o reclaimOptions) config(cmd *cobra.Command) (reclaim.Config, error) {
 			High: o.high, Low: o.low, MinAge: o.minAge, MaxUnused: o.maxUnused, Protect: pol.Protect,
 		},
 		Host:          o.dockerHost,
-		RunLabels:     pol.RunLabels,
 		StatePath:     o.state,
 		DryRun:        o.dryRun,
 		EngineTimeout: o.engineTimeout,
 	}
-	if changed("run-label") {
-		cfg.RunLabels = o.runLabels
+	if err := o.run.validate(); err != nil {
+		return reclaim.Config{}, err
 	}
+	pol, err := o.run.apply(pol)
+	if err != nil {
+		return reclaim.Config{}, err
+	}
+	cfg.Detection = pol.Detection
 	if changed("protect-image") {
 		cfg.Protect.Images = o.protectImages
 	}

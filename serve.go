@@ -31,8 +31,7 @@ type serveOptions struct {
 	auditGroup     string
 	policyFile     string
 	policyOptional bool
-	runLabels      []string
-	runLabelsSet   bool
+	run            runFlags
 	engineTimeout  time.Duration
 	watchInterval  time.Duration
 	metricsAddr    string
@@ -78,13 +77,8 @@ comma-separated list, DOCKER_HOST); flags win.`,
   prune-guard serve --audit-log /var/log/prune-guard/audit.jsonl --audit-group adm --run-label ci.run-id`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.runLabelsSet = cmd.Flags().Changed("run-label") || os.Getenv("PRUNE_GUARD_RUN_LABELS") != ""
 			return runServe(cmd.Context(), o)
 		},
-	}
-	defaultLabels := []string{runs.DefaultLabel}
-	if v := os.Getenv("PRUNE_GUARD_RUN_LABELS"); v != "" {
-		defaultLabels = strings.Split(v, ",")
 	}
 	optional, _ := strconv.ParseBool(os.Getenv("PRUNE_GUARD_POLICY_OPTIONAL"))
 	f := cmd.Flags()
@@ -95,7 +89,7 @@ comma-separated list, DOCKER_HOST); flags win.`,
 	f.StringVar(&o.auditGroup, "audit-group", envOr("PRUNE_GUARD_AUDIT_GROUP", ""), "group that may read the audit file (mode 0640 instead of 0600)")
 	f.StringVar(&o.policyFile, "policy", envOr("PRUNE_GUARD_POLICY", ""), "policy file (YAML or JSON; see 'prune-guard policy default'); default: the built-in policy")
 	f.BoolVar(&o.policyOptional, "policy-optional", optional, "a missing --policy file means the built-in policy until the file appears")
-	f.StringArrayVar(&o.runLabels, "run-label", defaultLabels, "label KEY or KEY=VALUE that marks a container or service as part of an active CI run (repeatable; overrides the policy's run.labels)")
+	o.run.register(f)
 	f.DurationVar(&o.engineTimeout, "engine-timeout", 3*time.Second, "how long a decision may wait for the engine; past it the state is unknown and destructive requests are refused")
 	f.DurationVar(&o.watchInterval, "policy-poll", 2*time.Second, "how often to check the policy file for changes")
 	f.StringVar(&o.metricsAddr, "metrics-addr", envOr("PRUNE_GUARD_METRICS_ADDR", ""), "serve Prometheus metrics at /metrics on a loopback address (127.0.0.1:9323) or a unix socket (unix:/run/prune-guard/metrics.sock); off by default")
@@ -130,10 +124,8 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if o.engineTimeout <= 0 || o.watchInterval <= 0 {
 		return errors.New("--engine-timeout and --policy-poll must be positive")
 	}
-	if o.runLabelsSet {
-		if err := runs.ValidateLabels(o.runLabels); err != nil {
-			return fmt.Errorf("--run-label: %w", err)
-		}
+	if err := o.run.validate(); err != nil {
+		return err
 	}
 	auditGID, err := lookupGroup(o.auditGroup)
 	if err != nil {
@@ -150,8 +142,8 @@ func runServe(ctx context.Context, o serveOptions) error {
 			return fmt.Errorf("--policy: %w", err)
 		}
 	}
-	if o.runLabelsSet {
-		cfg.RunLabels = o.runLabels
+	if cfg, err = o.run.apply(cfg); err != nil {
+		return err
 	}
 
 	tracker, err := runs.New(o.dockerHost, o.engineTimeout)
@@ -192,14 +184,14 @@ func runServe(ctx context.Context, o serveOptions) error {
 
 	g := plugin.NewGuard(cfg, tracker, names, al, log)
 	apply := func(next *policy.Config, err error) {
+		if err == nil {
+			next, err = o.run.apply(next)
+		}
 		if err != nil {
 			g.Stats().PolicyRejected()
 			log.WithField("error", audit.Redact(err.Error())).Error("policy rejected; the policy in force stays")
 			al.Event("policy rejected", map[string]any{"error": err.Error(), "policy": g.Config().ShortHash()})
 			return
-		}
-		if o.runLabelsSet {
-			next.RunLabels = o.runLabels
 		}
 		g.SetConfig(next)
 		g.Stats().PolicyLoaded()
@@ -227,7 +219,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		}()
 	}
 
-	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "run_labels": cfg.RunLabels,
+	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "detectors": cfg.Detection.Names(), "run_grace": cfg.Detection.Grace.String(),
 		"policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})
 	if o.metricsAddr != "" {

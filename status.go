@@ -16,6 +16,7 @@ import (
 
 	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/plugin"
+	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/runs"
 )
 
@@ -70,30 +71,12 @@ func fetchStatus(ctx context.Context, socket string) (plugin.Status, error) {
 
 func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) error {
 	st, statusErr := fetchStatus(ctx, socket)
-	labels := []string{runs.DefaultLabel}
-	if statusErr == nil && len(st.Policy.RunLabels) > 0 {
-		labels = st.Policy.RunLabels
+	if statusErr != nil {
+		// Without the plugin, ask the engine with the built-in detectors;
+		// the teardown grace is known only to a running plugin.
+		st.Runs = ownRuns(ctx, dockerHost)
 	}
-
-	fmt.Fprintf(w, "Runs (labels %s, engine %s):\n", strings.Join(labels, ", "), audit.Redact(dockerHost))
-	tr, err := runs.New(dockerHost, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	defer tr.Close()
-	active, err := tr.Active(ctx, labels)
-	switch {
-	case err != nil:
-		fmt.Fprintf(w, "  unknown: %v\n  (prune-guard denies prunes and image deletes while the run state is unknown)\n", err)
-	case len(active) == 0:
-		fmt.Fprintln(w, "  none active: dangling prunes and image deletes are allowed")
-	default:
-		for _, r := range active {
-			fmt.Fprintf(w, "  %s %s counts because it carries %s=%s\n", r.Kind, r.Name, r.Label, r.Value)
-		}
-		fmt.Fprintln(w, "  every prune and image delete is denied until these end")
-	}
-
+	writeRuns(w, st, statusErr == nil, dockerHost)
 	fmt.Fprintln(w)
 	if statusErr != nil {
 		fmt.Fprintf(w, "Plugin: %v\n", statusErr)
@@ -128,4 +111,49 @@ func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) erro
 		tw.Flush()
 	}
 	return nil
+}
+
+// ownRuns asks the engine directly, with the built-in detection.
+func ownRuns(ctx context.Context, dockerHost string) plugin.RunsStatus {
+	tr, err := runs.New(dockerHost, 5*time.Second)
+	if err != nil {
+		return plugin.RunsStatus{Error: err.Error()}
+	}
+	defer tr.Close()
+	det := policy.Default().Detection
+	return plugin.DescribeState(tr.State(ctx, det), det)
+}
+
+func writeRuns(w io.Writer, st plugin.Status, fromPlugin bool, dockerHost string) {
+	src := "as the plugin sees them"
+	if !fromPlugin {
+		src = "asked of the engine with the built-in detectors; the teardown grace is known only to a running plugin"
+	}
+	fmt.Fprintf(w, "CI jobs (engine %s, %s):\n", audit.Redact(dockerHost), src)
+	if p := st.Policy; fromPlugin {
+		fmt.Fprintf(w, "  detectors: %s; teardown grace %s\n", strings.Join(p.Detectors, ", "), p.Grace)
+	}
+	r := st.Runs
+	switch {
+	case r.Error != "":
+		fmt.Fprintf(w, "  unknown: %s\n  (prune-guard denies prunes and image deletes while the run state is unknown)\n", r.Error)
+		return
+	case len(r.Active)+len(r.Ended) == 0 && r.Unseen == "":
+		fmt.Fprintln(w, "  none active: dangling prunes and image deletes are allowed")
+		return
+	}
+	for _, a := range r.Active {
+		fmt.Fprintf(w, "  active: %s\n", a)
+	}
+	for _, e := range r.Ended {
+		fmt.Fprintf(w, "  in teardown grace: %s\n", e)
+	}
+	if r.Unseen != "" {
+		fmt.Fprintf(w, "  unseen: %s\n", r.Unseen)
+	}
+	if len(r.Active) > 0 {
+		fmt.Fprintln(w, "  prunes that could touch these jobs and every image delete are denied until they end")
+	} else {
+		fmt.Fprintln(w, "  image deletes and image prunes are denied until the grace is over")
+	}
 }

@@ -191,7 +191,7 @@ func recordedFacts(l *Line) rules.Facts {
 			state.Err = errors.New(strings.TrimSpace(reason))
 			continue
 		}
-		state.Active = append(state.Active, rules.Run{Kind: "recorded", Name: run})
+		state.Active = append(state.Active, rules.Run{Job: run})
 	}
 	protected := rules.Check{
 		Yes: l.Rule == keepProtectedRule || l.Rule == protectSelfRule,

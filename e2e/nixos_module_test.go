@@ -210,8 +210,8 @@ func TestNixOSModuleWithDefaultsGuardsDockerFromASocketThatListensFirst(t *testi
 	if err != nil {
 		t.Fatalf("prune-guard rejects the module's policy %s: %v", m[1], err)
 	}
-	if !slices.Equal(cfg.RunLabels, []string{"prune-guard.run"}) || len(cfg.Protect.Images) != 0 {
-		t.Errorf("policy %s: run labels %q, protected images %q; want [prune-guard.run] and none", m[1], cfg.RunLabels, cfg.Protect.Images)
+	if !slices.Equal(cfg.Run.Labels, []string{"prune-guard.run"}) || len(cfg.Protect.Images) != 0 {
+		t.Errorf("policy %s: run labels %q, protected images %q; want [prune-guard.run] and none", m[1], cfg.Run.Labels, cfg.Protect.Images)
 	}
 	if out.Reclaim != nil || out.ReclaimTimer != nil {
 		t.Errorf("reclaim units exist without reclaim.enable: %s", out.raw)
@@ -240,8 +240,8 @@ func TestNixOSModulePolicyOptionsReachThePolicyFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("prune-guard rejects the module's policy %s: %v", m[1], err)
 	}
-	if !slices.Equal(cfg.RunLabels, []string{"ci.job", "prune-guard.run=nightly"}) {
-		t.Errorf("run labels %q; want runLabels to win over policy.run.labels", cfg.RunLabels)
+	if !slices.Equal(cfg.Run.Labels, []string{"ci.job", "prune-guard.run=nightly"}) {
+		t.Errorf("run labels %q; want runLabels to win over policy.run.labels", cfg.Run.Labels)
 	}
 	if !slices.Equal(cfg.Protect.Images, []string{"docker.io/library/*"}) {
 		t.Errorf("protected images %q; want protectedImages", cfg.Protect.Images)

@@ -139,7 +139,7 @@ func TestStatusShowsRunsPolicyAndCounters(t *testing.T) {
 	if err != nil {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
-	for _, want := range []string{"container job-web counts because it carries prune-guard.run=job-77", "Policy: built-in default", "no-prune-all", "denied 1"} {
+	for _, want := range []string{"active: prune-guard run job-77, container job-web (detector prune-guard: run labels prune-guard.run)", "Policy: built-in default", "no-prune-all", "denied 1"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}

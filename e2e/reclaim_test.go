@@ -251,7 +251,7 @@ func TestReclaimKeepsDiskBoundedWithoutPruneAll(t *testing.T) {
 		run := "pg-rc-run"
 		g.mustAllow(t, "create", "--label", runLabel+"=job-42", "--name", run, "pg-rc-inuse:1")
 		out := r.mustRun(t, pressure...)
-		if want := "refused: a CI run is active: prune-guard.run=job-42 (container " + run + ")"; !strings.Contains(out, want) {
+		if want := "refused: a CI job holds image deletes: active prune-guard run job-42, container " + run; !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 		requireAll(t, all...)

@@ -16,15 +16,19 @@ import (
 	"github.com/prune-guard/prune-guard/rules"
 )
 
-// RunSource reports the active CI runs; *runs.Tracker is the real one.
+// RunSource reports the active CI jobs as d recognises them; *runs.Tracker
+// is the real one. A state whose Err is set is unknown.
 type RunSource interface {
-	Active(ctx context.Context, labels []string) ([]rules.Run, error)
+	State(ctx context.Context, d rules.Detection) rules.RunState
 }
 
 // NameSource resolves the names requests carry; *resolve.Resolver is the
 // real one.
 type NameSource interface {
 	Image(ctx context.Context, name string) (resolve.Image, bool, error)
+	// Images lists the images an image prune with this label scope could
+	// remove (every image for no scope; dangling ones only when asked).
+	Images(ctx context.Context, scope []string, danglingOnly bool) ([]resolve.Image, error)
 	Plugin(ctx context.Context, name string) (resolve.Plugin, bool, error)
 }
 
@@ -119,12 +123,32 @@ type facts struct {
 }
 
 func (f *facts) Runs() rules.RunState {
-	active, err := f.g.runs.Active(f.ctx, f.cfg.RunLabels)
+	st := f.g.runs.State(f.ctx, f.cfg.Detection)
+	if st.Err != nil {
+		f.g.stats.engineError()
+		f.g.log.WithField("error", audit.Redact(st.Err.Error())).Warn("run state unknown")
+	}
+	return st
+}
+
+// PruneProtected lists what an image prune could remove and checks each
+// image: a scoped prune --all must not take a protected image that carries
+// the scope's labels.
+func (f *facts) PruneProtected(scope []string, danglingOnly bool) rules.Check {
+	if !f.cfg.Protect.ProtectsImages() {
+		return rules.Check{}
+	}
+	imgs, err := f.g.names.Images(f.ctx, scope, danglingOnly)
 	if err != nil {
 		f.g.stats.engineError()
-		f.g.log.WithField("error", audit.Redact(err.Error())).Warn("run state unknown")
+		return rules.Check{Err: err}
 	}
-	return rules.RunState{Active: active, Err: err}
+	for _, img := range imgs {
+		if yes, why := f.cfg.Protect.Image(img.Refs, img.Labels); yes {
+			return rules.Check{Yes: true, Why: fmt.Sprintf("it would remove image %.19s: %s", img.ID, why)}
+		}
+	}
+	return rules.Check{}
 }
 
 func (f *facts) ImageProtected(name string) rules.Check {
@@ -189,11 +213,27 @@ func record(req authorization.Request, c rules.Classification, d rules.Decision,
 			r.Reason = "allowed by rule " + d.Rule
 		}
 	}
+	r.Runs = describeRuns(d)
+	return r
+}
+
+// describeRuns lists the runs a decision relied on for the audit record,
+// saying which ended within the grace and which stretch was unseen.
+func describeRuns(d rules.Decision) []string {
+	var out []string
 	if d.RunsErr != nil {
-		r.Runs = []string{"unknown: " + d.RunsErr.Error()}
+		out = append(out, "unknown: "+d.RunsErr.Error())
 	}
 	for _, run := range d.Runs {
-		r.Runs = append(r.Runs, run.String())
+		s := run.String()
+		if !run.Ended.IsZero() {
+			s += fmt.Sprintf(" (ended %s, grace until %s)", run.Ended.UTC().Format(time.RFC3339), run.Ended.Add(d.Grace).UTC().Format(time.RFC3339))
+		}
+		out = append(out, s)
 	}
-	return r
+	if d.Blind != nil {
+		out = append(out, fmt.Sprintf("unseen: whether a job ended before %s (%s); counted as active until %s",
+			d.Blind.Since.UTC().Format(time.RFC3339), d.Blind.Why, d.Blind.Since.Add(d.Grace).UTC().Format(time.RFC3339)))
+	}
+	return out
 }

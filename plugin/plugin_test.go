@@ -29,12 +29,12 @@ type fakeRuns struct {
 	asked atomic.Int64
 }
 
-func (f *fakeRuns) Active(context.Context, []string) ([]rules.Run, error) {
+func (f *fakeRuns) State(context.Context, rules.Detection) rules.RunState {
 	f.asked.Add(1)
 	if f.panic {
 		panic("engine client exploded")
 	}
-	return f.runs, f.err
+	return rules.RunState{Active: f.runs, Err: f.err}
 }
 
 type syncBuffer struct {
@@ -76,6 +76,15 @@ type fakeNames struct {
 func (f *fakeNames) Image(_ context.Context, name string) (resolve.Image, bool, error) {
 	img, ok := f.images[name]
 	return img, ok, f.err
+}
+
+// Images returns every image: the tests' scopes select nothing narrower.
+func (f *fakeNames) Images(context.Context, []string, bool) ([]resolve.Image, error) {
+	var out []resolve.Image
+	for _, img := range f.images {
+		out = append(out, img)
+	}
+	return out, f.err
 }
 
 func (f *fakeNames) Plugin(_ context.Context, name string) (resolve.Plugin, bool, error) {
@@ -209,9 +218,9 @@ func TestPruneAllIsDeniedAndAudited(t *testing.T) {
 }
 
 func TestDeleteDuringRunIsDeniedAndNamesTheRun(t *testing.T) {
-	g, buf := newTestGuard(&fakeRuns{runs: []rules.Run{{Kind: "service", Name: "deploy", Label: "prune-guard.run", Value: "r9"}}})
+	g, buf := newTestGuard(&fakeRuns{runs: []rules.Run{{Detector: "prune-guard", System: "prune-guard run", Job: "r9", Kind: rules.Service, Name: "deploy"}}})
 	resp := post(t, Handler(g, audit.New(&bytes.Buffer{}, nil)), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/base:1"}))
-	if resp.Allow || !strings.Contains(resp.Msg, "prune-guard.run=r9 (service deploy)") {
+	if resp.Allow || !strings.Contains(resp.Msg, "prune-guard run r9, service deploy") {
 		t.Fatalf("got %+v", resp)
 	}
 	if l := buf.lines(t)[0]; l["target"] != "base:1" || len(l["runs"].([]any)) != 1 {
@@ -256,7 +265,7 @@ func TestResponsePhaseAlwaysAllows(t *testing.T) {
 }
 
 func TestConcurrentDecisionsKeepAuditLinesWhole(t *testing.T) {
-	runs := &fakeRuns{runs: []rules.Run{{Kind: "container", Name: "c", Label: "l", Value: "v"}}}
+	runs := &fakeRuns{runs: []rules.Run{{System: "CI job", Job: "v", Kind: rules.Container, Name: "c"}}}
 	g, buf := newTestGuard(runs)
 	h := Handler(g, audit.New(&bytes.Buffer{}, nil))
 	var wg sync.WaitGroup

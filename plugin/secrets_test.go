@@ -185,7 +185,7 @@ func leakCheck(t *testing.T, route credRoute, p credPlacement, secret string) {
 		cfg.Audit = level
 		runs := &fakeRuns{err: route.runsErr}
 		if route.runsActive {
-			runs.runs = []rules.Run{{Kind: "container", Name: "job", Label: "prune-guard.run", Value: "r1"}}
+			runs.runs = []rules.Run{{Detector: "prune-guard", System: "prune-guard run", Job: "r1", Kind: rules.Container, Name: "job"}}
 		}
 		auditBuf, logBuf := &syncBuffer{}, &syncBuffer{}
 		log := logrus.New()

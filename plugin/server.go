@@ -34,9 +34,9 @@ const maxCallSize = 16 << 20
 // prune-guard answers such a call with an explicit deny that says why.
 func Handler(g *Guard, al *audit.Log) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(g.Status(al))
+		_ = json.NewEncoder(w).Encode(g.Status(r.Context(), al))
 	})
 	mux.Handle("GET /metrics", MetricsHandler(g, al))
 	mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,12 +10,14 @@ import (
 
 	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 // Status is what GET /status on the plugin socket answers: the policy in
 // force and the counters since start. "prune-guard status" reads it.
 type Status struct {
 	Policy             PolicyStatus `json:"policy"`
+	Runs               RunsStatus   `json:"runs"`
 	Stats              Snapshot     `json:"stats"`
 	AuditWriteFailures int64        `json:"audit_write_failures"`
 }
@@ -26,6 +29,8 @@ type PolicyStatus struct {
 	Mode      string   `json:"mode"`
 	Audit     string   `json:"audit"`
 	RunLabels []string `json:"run_labels"`
+	Detectors []string `json:"detectors"`
+	Grace     string   `json:"grace"`
 	Rules     []string `json:"rules"`
 	Images    []string `json:"protected_images"`
 	Labels    []string `json:"protected_labels"`
@@ -34,15 +39,63 @@ type PolicyStatus struct {
 
 func describePolicy(c *policy.Config) PolicyStatus {
 	ps := PolicyStatus{Source: c.Source, Hash: c.Hash, Mode: c.Policy.Mode.String(), Audit: c.Audit.String(),
-		RunLabels: c.RunLabels, Images: c.Protect.Images, Labels: c.Protect.Labels, Plugins: c.Protect.Plugins}
+		RunLabels: c.Run.Labels, Detectors: c.Detection.Names(), Grace: c.Detection.Grace.String(),
+		Images: c.Protect.Images, Labels: c.Protect.Labels, Plugins: c.Protect.Plugins}
 	for _, r := range c.Policy.Rules {
 		ps.Rules = append(ps.Rules, r.String())
 	}
 	return ps
 }
 
-// Status reports the guard's state.
-func (g *Guard) Status(al *audit.Log) Status {
+// RunsStatus is the run state as the guard sees it now.
+type RunsStatus struct {
+	// Active are live jobs' objects; Ended those within the grace, each
+	// with when it ended and when the grace is over.
+	Active []string `json:"active"`
+	Ended  []string `json:"ended"`
+	// Unseen explains a stretch of the grace window the guard could not
+	// see, if there is one.
+	Unseen string `json:"unseen,omitempty"`
+	// Error is why the state is unknown, if it is.
+	Error string `json:"error,omitempty"`
+}
+
+// DescribeState renders a run state for status, saying for each live job
+// which detector counts it and why.
+func DescribeState(st rules.RunState, det rules.Detection) RunsStatus {
+	var rs RunsStatus
+	d := rules.Decision{Grace: st.Grace, Blind: st.Blind}
+	if st.Err != nil {
+		rs.Error = st.Err.Error()
+	}
+	looks := map[string]string{}
+	for _, dt := range det.Detectors {
+		looks[dt.Name] = dt.Looks
+	}
+	for _, r := range st.Active {
+		rs.Active = append(rs.Active, fmt.Sprintf("%s (detector %s: %s)", r, r.Detector, looks[r.Detector]))
+	}
+	d.Runs = st.Ended
+	for _, s := range describeRuns(d) {
+		if strings.HasPrefix(s, "unseen: ") {
+			rs.Unseen = strings.TrimPrefix(s, "unseen: ")
+			continue
+		}
+		rs.Ended = append(rs.Ended, s)
+	}
+	return rs
+}
+
+// Status reports the guard's state, asking the engine for the run state.
+func (g *Guard) Status(ctx context.Context, al *audit.Log) Status {
+	s := g.counters(al)
+	det := g.Config().Detection
+	s.Runs = DescribeState(g.runs.State(ctx, det), det)
+	return s
+}
+
+// counters is Status without the run state, which costs an engine query.
+func (g *Guard) counters(al *audit.Log) Status {
 	return Status{Policy: describePolicy(g.Config()), Stats: g.stats.Snapshot(), AuditWriteFailures: al.Failures()}
 }
 
@@ -107,6 +160,6 @@ func trimFloat(f float64) string {
 func MetricsHandler(g *Guard, al *audit.Log) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		WriteMetrics(w, g.Status(al))
+		WriteMetrics(w, g.counters(al))
 	})
 }

@@ -16,11 +16,11 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/prune-guard/prune-guard/rules"
-	"github.com/prune-guard/prune-guard/runs"
 )
 
 // AuditLevel says which decisions are audited.
@@ -42,8 +42,12 @@ func (a AuditLevel) String() string {
 
 // Config is a loaded policy: the rules and their settings.
 type Config struct {
-	Policy    *rules.Policy
-	RunLabels []string
+	Policy *rules.Policy
+	// Run is how CI jobs are recognised, as configured; Detection is it
+	// compiled. Change Run only through WithRun, which keeps the two in
+	// step.
+	Run       rules.DetectionSettings
+	Detection rules.Detection
 	Protect   rules.Protection
 	Audit     AuditLevel
 	// Source is the file the policy came from, or "built-in default".
@@ -61,7 +65,8 @@ const BuiltIn = "built-in default"
 func Default() *Config {
 	return &Config{
 		Policy:    rules.Default(),
-		RunLabels: []string{runs.DefaultLabel},
+		Run:       rules.DefaultDetectionSettings(),
+		Detection: rules.MustDetection(rules.DefaultDetectionSettings()),
 		Protect:   DefaultProtection(),
 		Audit:     AuditDestructive,
 		Source:    BuiltIn,
@@ -76,6 +81,19 @@ func DefaultProtection() rules.Protection {
 		Labels:  []string{"prune-guard.keep=true"},
 		Plugins: []string{"prune-guard"},
 	}
+}
+
+// WithRun returns a copy of c whose job detection is built from s (the
+// command line's --run-label, --run-grace and --detector overriding a
+// file's run settings).
+func (c *Config) WithRun(s rules.DetectionSettings) (*Config, error) {
+	d, err := rules.NewDetection(s)
+	if err != nil {
+		return nil, err
+	}
+	next := *c
+	next.Run, next.Detection = s, d
+	return &next, nil
 }
 
 // ShortHash is the first 12 hex digits of the hash, for humans.
@@ -108,12 +126,13 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	p := &parser{file: name}
 	c := &Config{
-		Policy:    &rules.Policy{Rules: rules.DefaultRules()},
-		RunLabels: []string{runs.DefaultLabel},
-		Protect:   DefaultProtection(),
-		Source:    name,
-		Hash:      hash(data),
+		Policy:  &rules.Policy{Rules: rules.DefaultRules()},
+		Run:     rules.DefaultDetectionSettings(),
+		Protect: DefaultProtection(),
+		Source:  name,
+		Hash:    hash(data),
 	}
+	var runNode *yaml.Node
 	p.mapping(doc.Content[0], "the policy", map[string]func(*yaml.Node){
 		"mode": func(n *yaml.Node) {
 			if s, ok := p.scalar(n, "mode"); ok {
@@ -123,12 +142,8 @@ func Parse(name string, data []byte) (*Config, error) {
 			}
 		},
 		"run": func(n *yaml.Node) {
-			p.mapping(n, "run", map[string]func(*yaml.Node){
-				"labels": func(n *yaml.Node) {
-					c.RunLabels = p.list(n, "run.labels")
-					p.check(n, runs.ValidateLabels(c.RunLabels))
-				},
-			})
+			runNode = n
+			p.run(n, &c.Run)
 		},
 		"protect": func(n *yaml.Node) {
 			// Naming a protect key replaces that default list, so an
@@ -162,10 +177,117 @@ func Parse(name string, data []byte) (*Config, error) {
 		},
 		"rules": func(n *yaml.Node) { c.Policy.Rules = p.rules(n) },
 	})
+	if len(p.errs) == 0 {
+		d, err := rules.NewDetection(c.Run)
+		if runNode == nil {
+			runNode = doc.Content[0]
+		}
+		p.check(runNode, err)
+		c.Detection = d
+	}
 	if err := errors.Join(p.errs...); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// run parses the run section: how CI jobs are recognised.
+func (p *parser) run(n *yaml.Node, s *rules.DetectionSettings) {
+	p.mapping(n, "run", map[string]func(*yaml.Node){
+		"labels": func(n *yaml.Node) {
+			s.Labels = p.list(n, "run.labels")
+			p.check(n, rules.ValidateRunLabels(s.Labels))
+		},
+		"grace": func(n *yaml.Node) {
+			if v, ok := p.scalar(n, "run.grace"); ok {
+				d, err := time.ParseDuration(v)
+				switch {
+				case err != nil:
+					p.errorf(n, "run.grace %q is not a duration (e.g. 2m, 90s; 0 turns the grace off)", v)
+				case d < 0:
+					p.errorf(n, "run.grace %q is negative", v)
+				}
+				s.Grace = d
+			}
+		},
+		"detectors": func(n *yaml.Node) {
+			if n.Kind != yaml.MappingNode {
+				p.errorf(n, "run.detectors must be a mapping of detector names to on, off or (opt-in detectors) a value pattern")
+				return
+			}
+			s.Switches = map[string]string{}
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				val, ok := p.scalar(v, "run.detectors."+k.Value)
+				if !ok {
+					continue
+				}
+				val = onOff(val)
+				if _, dup := s.Switches[k.Value]; dup {
+					p.errorf(k, "detector %q is already switched", k.Value)
+				}
+				s.Switches[k.Value] = val
+				if err := rules.ValidateSwitch(k.Value, val); err != nil {
+					p.errorf(k, "%v", err)
+				}
+			}
+		},
+		"selectors": func(n *yaml.Node) {
+			if n.Kind != yaml.SequenceNode {
+				p.errorf(n, "run.selectors must be a list of selectors")
+				return
+			}
+			for _, sn := range n.Content {
+				sel := p.selector(sn)
+				if err := sel.Validate(); err != nil {
+					p.errorf(sn, "%v", err)
+				}
+				s.Selectors = append(s.Selectors, sel)
+			}
+		},
+	})
+}
+
+// onOff reads YAML's spellings of a switch: true/false as well as on/off.
+func onOff(v string) string {
+	switch strings.ToLower(v) {
+	case "on", "true", "yes":
+		return "on"
+	case "off", "false", "no":
+		return "off"
+	}
+	return v
+}
+
+func (p *parser) selector(n *yaml.Node) rules.Selector {
+	var sel rules.Selector
+	str := func(dst *string, what string) func(*yaml.Node) {
+		return func(n *yaml.Node) {
+			if v, ok := p.scalar(n, what); ok {
+				*dst = v
+			}
+		}
+	}
+	p.mapping(n, "a selector", map[string]func(*yaml.Node){
+		"name":        str(&sel.Name, "name"),
+		"system":      str(&sel.System, "system"),
+		"label":       str(&sel.Label, "label"),
+		"label-key":   str(&sel.KeyPattern, "label-key"),
+		"label-value": str(&sel.ValuePattern, "label-value"),
+		"name-prefix": str(&sel.NamePrefix, "name-prefix"),
+		"services": func(n *yaml.Node) {
+			if v, ok := p.scalar(n, "services"); ok {
+				switch onOff(v) {
+				case "on":
+					sel.Services = true
+				case "off":
+				default:
+					p.errorf(n, "services must be true or false, not %q", v)
+				}
+			}
+		},
+	})
+	return sel
 }
 
 func hash(data []byte) string {

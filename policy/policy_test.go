@@ -14,7 +14,8 @@ func TestDefaultRendersToAFileThatParsesBackToTheDefault(t *testing.T) {
 		t.Fatalf("the rendered default does not parse: %v\n%s", err, DefaultYAML())
 	}
 	d := Default()
-	if !reflect.DeepEqual(c.Policy, d.Policy) || !reflect.DeepEqual(c.RunLabels, d.RunLabels) ||
+	if !reflect.DeepEqual(c.Policy, d.Policy) || !reflect.DeepEqual(c.Run.Labels, d.Run.Labels) || c.Run.Grace != d.Run.Grace ||
+		!reflect.DeepEqual(c.Detection.Names(), d.Detection.Names()) ||
 		!reflect.DeepEqual(c.Protect, d.Protect) || c.Audit != d.Audit {
 		t.Errorf("parsed default differs:\n got %+v\nwant %+v", c, d)
 	}
@@ -58,7 +59,7 @@ func TestJSONIsAPolicyToo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Policy.Mode != rules.WarnOnly || c.Audit != AuditAll || c.RunLabels[0] != "ci.job=1" || !c.Policy.Rules[0].Match.Has(rules.OpVolumePrune) {
+	if c.Policy.Mode != rules.WarnOnly || c.Audit != AuditAll || c.Run.Labels[0] != "ci.job=1" || !c.Policy.Rules[0].Match.Has(rules.OpVolumePrune) {
 		t.Errorf("parsed %+v %+v", c, c.Policy.Rules)
 	}
 }
@@ -128,7 +129,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"rules":[{"name":"a","match":["any-prune"]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("f.yaml", data)
-		if err == nil && (c.Policy == nil || len(c.RunLabels) == 0) {
+		if err == nil && (c.Policy == nil || len(c.Run.Labels) == 0) {
 			t.Fatalf("accepted a policy without rules or run labels: %+v", c)
 		}
 	})

@@ -6,16 +6,15 @@ import (
 	"strings"
 
 	"github.com/prune-guard/prune-guard/rules"
-	"github.com/prune-guard/prune-guard/runs"
 )
 
 // DefaultYAML renders the built-in policy as a file to start from.
 func DefaultYAML() string {
 	return Render(&Config{
-		Policy:    rules.Default(),
-		RunLabels: []string{runs.DefaultLabel},
-		Protect:   DefaultProtection(),
-		Audit:     AuditDestructive,
+		Policy:  rules.Default(),
+		Run:     rules.DefaultDetectionSettings(),
+		Protect: DefaultProtection(),
+		Audit:   AuditDestructive,
 	})
 }
 
@@ -26,12 +25,11 @@ func Render(c *Config) string {
 # A request no rule matches is allowed. Reference: docs/policy.md.
 #
 # operations: ` + strings.Join(rules.OperationNames(), ", ") + `
-# when:       always, run-active, image-protected, plugin-protected
+# when:       ` + strings.Join(rules.ConditionNames(), ", ") + `
 # action:     deny, warn (allow, audit would-deny), allow
 `)
 	fmt.Fprintf(&b, "mode: %s                      # enforce | warn (every deny becomes would-deny)\n", c.Policy.Mode)
-	b.WriteString("run:\n")
-	fmt.Fprintf(&b, "  labels: %s        # KEY or KEY=VALUE on containers/services marks an active CI run\n", flow(c.RunLabels))
+	renderRun(&b, c.Run)
 	b.WriteString("protect:\n")
 	fmt.Fprintf(&b, "  images: %s                     # reference patterns, e.g. \"docker.io/library/*\", \"registry.example/base/*:*\"\n", flow(c.Protect.Images))
 	fmt.Fprintf(&b, "  labels: %s\n", flow(c.Protect.Labels))
@@ -50,6 +48,39 @@ func Render(c *Config) string {
 		}
 	}
 	return b.String()
+}
+
+// renderRun writes the run section with every built-in detector, so that
+// 'policy default' shows what is recognised and how to switch it.
+func renderRun(b *strings.Builder, s rules.DetectionSettings) {
+	b.WriteString("run:\n")
+	fmt.Fprintf(b, "  labels: %s        # KEY or KEY=VALUE: the prune-guard detector's run labels\n", flow(s.Labels))
+	fmt.Fprintf(b, "  grace: %s                     # image deletes and prunes wait this long after a job's last container, service or process\n", s.Grace)
+	b.WriteString("  detectors:                    # on | off; opt-in detectors take a value pattern, e.g. compose: \"ci-*\"\n")
+	for _, d := range rules.Builtins() {
+		state := d.Default
+		if sw, ok := s.Switches[d.Name]; ok {
+			state = sw
+		}
+		fmt.Fprintf(b, "    %s: %s    # %s: %s\n", d.Name, strconv.Quote(state), d.System, d.Looks)
+	}
+	if len(s.Selectors) == 0 {
+		b.WriteString("  selectors: []                 # your own: {name, system, label | label-key [+ label-value] | name-prefix, services}\n")
+		return
+	}
+	b.WriteString("  selectors:\n")
+	for _, sel := range s.Selectors {
+		fmt.Fprintf(b, "    - name: %s\n", strconv.Quote(sel.Name))
+		for _, kv := range [][2]string{{"system", sel.System}, {"label", sel.Label}, {"label-key", sel.KeyPattern},
+			{"label-value", sel.ValuePattern}, {"name-prefix", sel.NamePrefix}} {
+			if kv[1] != "" {
+				fmt.Fprintf(b, "      %s: %s\n", kv[0], strconv.Quote(kv[1]))
+			}
+		}
+		if sel.Services {
+			b.WriteString("      services: true\n")
+		}
+	}
 }
 
 // opNames names a rule's operations, using any-prune where it fits.

@@ -204,17 +204,14 @@ func NewPlan(f Facts, o Options) Plan {
 	if !p.Pressure && o.MaxUnused <= 0 {
 		return p // nothing is due, so a run has nothing to refuse
 	}
-	switch {
-	case f.Runs.Err != nil:
+	if f.Runs.Err != nil {
 		p.Refused = fmt.Sprintf("the CI run state is unknown (%v); nothing is removed until the engine answers", f.Runs.Err)
 		return p
-	case len(f.Runs.Active) > 0:
-		names := make([]string, len(f.Runs.Active))
-		for i, r := range f.Runs.Active {
-			names[i] = r.String()
-		}
-		slices.Sort(names)
-		p.Refused = "a CI run is active: " + strings.Join(names, ", ") + "; nothing is removed until it ends"
+	}
+	// Removing an image is an image delete: it waits for the same jobs,
+	// teardown grace included, as the plugin makes a delete wait.
+	if held, blind := f.Runs.Holding(rules.Classification{Op: rules.OpImageDelete}, false); len(held) > 0 || blind != nil {
+		p.Refused = "a CI job holds image deletes: " + rules.HoldReason(held, blind, f.Runs.Grace) + "; nothing is removed until it ends"
 		return p
 	}
 

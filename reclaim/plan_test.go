@@ -285,10 +285,32 @@ func TestPlan(t *testing.T) {
 				Images:  []Image{image("old", tags("app:1"))},
 				Records: map[string]Record{"sha256:old": seen(9 * time.Hour)},
 				Runs: rules.RunState{Active: []rules.Run{
-					{Kind: "container", Name: "build", ID: "c1", Label: "prune-guard.run", Value: "job-7"},
+					{Detector: "prune-guard", System: "prune-guard run", Job: "job-7", Kind: rules.Container, Name: "build", ID: "c1"},
 				}}},
 			opts:       defaults,
-			wantRefuse: "a CI run is active: prune-guard.run=job-7 (container build)",
+			wantRefuse: "a CI job holds image deletes: active prune-guard run job-7, container build",
+		},
+		{
+			name: "a job in its teardown grace refuses and says when removal resumes",
+			facts: Facts{Usage: pressure,
+				Images:  []Image{image("old", tags("app:1"))},
+				Records: map[string]Record{"sha256:old": seen(9 * time.Hour)},
+				Runs: rules.RunState{Grace: 2 * time.Minute, Ended: []rules.Run{
+					{Detector: "gitlab", System: "GitLab job", Job: "4711", Kind: rules.Container, Name: "build", ID: "c1",
+						Ended: time.Date(2026, 12, 1, 10, 41, 13, 0, time.UTC)},
+				}}},
+			opts:       defaults,
+			wantRefuse: "GitLab job 4711, container build ended at 10:41:13 UTC; image deletes and image prunes resume at 10:43:13 UTC",
+		},
+		{
+			name: "an unseen stretch of the grace window refuses",
+			facts: Facts{Usage: pressure,
+				Images:  []Image{image("old", tags("app:1"))},
+				Records: map[string]Record{"sha256:old": seen(9 * time.Hour)},
+				Runs: rules.RunState{Grace: 2 * time.Minute,
+					Blind: &rules.Blind{Since: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC), Why: "engine events were missed"}}},
+			opts:       defaults,
+			wantRefuse: "cannot tell whether a CI job ended before 10:00:00 UTC (engine events were missed)",
 		},
 		{
 			name: "an active run without pressure is no refusal: nothing was due",
@@ -296,7 +318,7 @@ func TestPlan(t *testing.T) {
 				Images:  []Image{image("old", tags("app:1"))},
 				Records: map[string]Record{"sha256:old": seen(9 * time.Hour)},
 				Runs: rules.RunState{Active: []rules.Run{
-					{Kind: "container", Name: "build", ID: "c1", Label: "prune-guard.run", Value: "job-7"},
+					{Detector: "prune-guard", System: "prune-guard run", Job: "job-7", Kind: rules.Container, Name: "build", ID: "c1"},
 				}}},
 			opts: defaults,
 		},

@@ -23,9 +23,9 @@ type Config struct {
 	Options
 	// Host is the engine's address (a DOCKER_HOST URL).
 	Host string
-	// RunLabels mark the containers and services of an active CI run
-	// (KEY or KEY=VALUE), as for the plugin.
-	RunLabels []string
+	// Detection recognises the CI jobs whose images must stay, as for the
+	// plugin.
+	Detection rules.Detection
 	// StatePath is the state file: first sightings and last uses.
 	StatePath string
 	// DryRun prints the plan and removes nothing.
@@ -87,9 +87,6 @@ func (cfg Config) validate() error {
 		return errors.New("--engine-timeout must be positive")
 	case cfg.StatePath == "":
 		return errors.New("--state must name a file")
-	}
-	if err := runs.ValidateLabels(cfg.RunLabels); err != nil {
-		return fmt.Errorf("--run-label: %w", err)
 	}
 	if err := cfg.Protect.Validate(); err != nil {
 		return err
@@ -323,8 +320,7 @@ func (r *Reclaimer) pass(ctx context.Context, st *State, evs []events.Message) (
 	if res.Before, err = r.measure(root); err != nil {
 		return nil, fmt.Errorf("measure the engine's data root (reclaim must run on the engine's host): %w", err)
 	}
-	var rs rules.RunState
-	rs.Active, rs.Err = r.runs.Active(ctx, r.cfg.RunLabels)
+	rs := r.runs.State(ctx, r.cfg.Detection)
 	res.Plan = NewPlan(Facts{
 		Now: now, Usage: res.Before, Images: images, Containers: containers, Records: st.Images, Runs: rs,
 	}, r.cfg.Options)
@@ -420,16 +416,11 @@ func (r *Reclaimer) execute(ctx context.Context, st *State, res *Result) error {
 		if !s.Forced && before.Percent() <= p.Low {
 			continue // pressure relieved; only forced steps remain to take
 		}
-		active, err := r.runs.Active(ctx, r.cfg.RunLabels)
-		switch {
-		case err != nil:
-			res.Stopped = fmt.Sprintf("the CI run state became unknown (%v)", err)
-		case len(active) > 0:
-			names := make([]string, len(active))
-			for i, a := range active {
-				names[i] = a.String()
-			}
-			res.Stopped = "a CI run started: " + strings.Join(names, ", ")
+		rs := r.runs.State(ctx, r.cfg.Detection)
+		if rs.Err != nil {
+			res.Stopped = fmt.Sprintf("the CI run state became unknown (%v)", rs.Err)
+		} else if held, blind := rs.Holding(rules.Classification{Op: rules.OpImageDelete}, false); len(held) > 0 || blind != nil {
+			res.Stopped = "a CI job holds image deletes: " + rules.HoldReason(held, blind, rs.Grace)
 		}
 		if res.Stopped != "" {
 			fmt.Fprintf(r.cfg.Out, "stopped: %s; the rest waits for the next pass\n", res.Stopped)

@@ -95,3 +95,28 @@ func (r *Resolver) Plugin(ctx context.Context, name string) (p Plugin, found boo
 	}
 	return Plugin{}, false, nil
 }
+
+// Images lists the images an image prune with this label scope could
+// remove: those carrying every label of scope (all images for none), only
+// dangling ones when danglingOnly. The list is the engine's own answer to the
+// same label filter the prune carries.
+func (r *Resolver) Images(ctx context.Context, scope []string, danglingOnly bool) ([]Image, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	f := make(client.Filters)
+	if len(scope) > 0 {
+		f = f.Add("label", scope...)
+	}
+	if danglingOnly {
+		f = f.Add("dangling", "true")
+	}
+	res, err := r.c.ImageList(ctx, client.ImageListOptions{All: true, Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	out := make([]Image, 0, len(res.Items))
+	for _, s := range res.Items {
+		out = append(out, Image{ID: s.ID, Refs: append(append([]string(nil), s.RepoTags...), s.RepoDigests...), Labels: s.Labels})
+	}
+	return out, nil
+}

@@ -5,6 +5,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -36,6 +37,11 @@ type Classification struct {
 	Force bool
 	// APIVersion is the version in the path, "" for a bare path.
 	APIVersion string
+	// Scope holds a prune's positive label filters (KEY or KEY=VALUE),
+	// sorted: the daemon removes only objects that carry all of them. Nil
+	// for an unscoped prune, for build prunes (whose label filter the
+	// daemon ignores), and whenever the classification is in doubt.
+	Scope []string
 	// Doubt says why the classifier chose the most destructive reading it
 	// could not rule out; "" when the classification is certain.
 	Doubt string
@@ -105,12 +111,6 @@ func (c *Classifier) Classify(r Request) Classification {
 		// bodies of POST, PUT and PATCH only).
 		cl.Force = boolValue(form.values.Get("force"))
 		return cl
-	case kindContainerPrune:
-		cl.Op = OpContainerPrune
-		return cl
-	case kindNetworkPrune:
-		cl.Op = OpNetworkPrune
-		return cl
 	case kindPluginNamed:
 		cl.Op, cl.Target = OpPluginChange, m.Vars["name"]
 		return cl
@@ -138,14 +138,23 @@ func (c *Classifier) Classify(r Request) Classification {
 		return cl
 	}
 
-	// All three handlers parse filters first and reject the request when
-	// they do not parse.
+	// Every prune handler parses filters first and rejects the request
+	// when they do not parse.
 	f, err := parseFilters(form.values.Get("filters"))
 	if err != nil {
 		cl.Op, cl.Doubt = worst, "the filters parameter is not valid filter JSON"
 		return cl
 	}
+	if kind != kindBuildPrune {
+		// moby builder-next's Prune ignores label filters ("TODO: handle
+		// label"), so only the other prunes are scoped by them.
+		cl.Scope = labelScope(f)
+	}
 	switch kind {
+	case kindContainerPrune:
+		cl.Op = OpContainerPrune
+	case kindNetworkPrune:
+		cl.Op = OpNetworkPrune
 	case kindImagePrune:
 		cl.Op = OpImagePrune
 		if !danglingOnly(f) {
@@ -184,6 +193,10 @@ func worstReading(kind routeKind) Operation {
 		return OpBuildPruneAll
 	case kindVolumePrune:
 		return OpVolumePruneAll
+	case kindContainerPrune:
+		return OpContainerPrune
+	case kindNetworkPrune:
+		return OpNetworkPrune
 	}
 	return OpUnknown
 }
@@ -290,6 +303,28 @@ func danglingOnly(f filterArgs) bool {
 	isTrue := v["true"] || v["1"]
 	isFalse := v["false"] || v["0"]
 	return isTrue && !isFalse
+}
+
+// labelScope returns the positive label filters, sorted. The daemon's
+// filters.Args.MatchKVList ignores the filter map's bool values and treats
+// an empty value set as no filter, so every key counts and an empty set is
+// no scope. The containerd image store reads "KEY!=VALUE" under "label" as
+// a negation (daemon/containerd/image_list.go, setupLabelFilter), which
+// selects objects without the label: a filter holding one scopes nothing.
+func labelScope(f filterArgs) []string {
+	m := f["label"]
+	if len(m) == 0 {
+		return nil
+	}
+	scope := make([]string, 0, len(m))
+	for sel := range m {
+		if k, _, _ := strings.Cut(sel, "="); strings.HasSuffix(k, "!") {
+			return nil
+		}
+		scope = append(scope, sel)
+	}
+	sort.Strings(scope)
+	return scope
 }
 
 // pruneAllVolumes follows moby's volume service withPrune: the keys of the

@@ -195,3 +195,50 @@ func TestOperationNamesRoundTrip(t *testing.T) {
 		t.Errorf("any-prune = %v", s)
 	}
 }
+
+func TestClassifyReadsTheLabelScopeAsTheDaemonFiltersIt(t *testing.T) {
+	form := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
+	tests := []struct {
+		name  string
+		req   Request
+		op    Operation
+		scope string // comma-joined; "" for none
+	}{
+		{name: "the GitHub hooks' network prune is scoped to the runner's key",
+			req: Request{Method: "POST", URI: "/v1.41/networks/prune?filters=" + q(`{"label":{"72756e6e6572":true}}`)}, op: OpNetworkPrune, scope: "72756e6e6572"},
+		{name: "GitLab's clear-docker-cache image prune -a is scoped to the managed label",
+			req: Request{Method: "POST", URI: "/v1.51/images/prune?filters=" + q(`{"dangling":{"false":true},"label":{"com.gitlab.gitlab-runner.managed=true":true}}`)},
+			op:  OpImagePruneAll, scope: "com.gitlab.gitlab-runner.managed=true"},
+		{name: "the legacy list form scopes too",
+			req: Request{Method: "POST", URI: "/v1.41/containers/prune?filters=" + q(`{"label":["b=2","a"]}`)}, op: OpContainerPrune, scope: "a,b=2"},
+		{name: "a false map value still filters (MatchKVList ignores the bools)",
+			req: Request{Method: "POST", URI: "/v1.41/containers/prune?filters=" + q(`{"label":{"a":false}}`)}, op: OpContainerPrune, scope: "a"},
+		{name: "an empty label set is no filter",
+			req: Request{Method: "POST", URI: "/v1.41/containers/prune?filters=" + q(`{"label":{}}`)}, op: OpContainerPrune},
+		{name: "label! never scopes",
+			req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"false":true},"label!":{"keep":true}}`)}, op: OpImagePruneAll},
+		{name: "until never scopes",
+			req: Request{Method: "POST", URI: "/v1.41/images/prune?filters=" + q(`{"dangling":{"false":true},"until":{"4h":true}}`)}, op: OpImagePruneAll},
+		{name: "a KEY!=VALUE under label is a negation on the containerd store and scopes nothing",
+			req: Request{Method: "POST", URI: "/v1.51/images/prune?filters=" + q(`{"dangling":{"false":true},"label":{"keep!=yes":true}}`)}, op: OpImagePruneAll},
+		{name: "a build prune's label filter is ignored by the daemon and scopes nothing",
+			req: Request{Method: "POST", URI: "/v1.41/build/prune?all=1&filters=" + q(`{"label":{"a":true}}`)}, op: OpBuildPruneAll},
+		{name: "the first of repeated filters is the one the daemon reads",
+			req: Request{Method: "POST", URI: "/v1.41/networks/prune?filters=" + q(`{}`) + "&filters=" + q(`{"label":{"a":true}}`)}, op: OpNetworkPrune},
+		{name: "a form body the plugin cannot see drops the scope",
+			req: Request{Method: "POST", URI: "/v1.41/networks/prune?filters=" + q(`{"label":{"a":true}}`), Headers: form}, op: OpNetworkPrune},
+		{name: "invalid filter JSON drops the scope",
+			req: Request{Method: "POST", URI: "/v1.41/containers/prune?filters=" + q(`{"label":`)}, op: OpContainerPrune},
+		{name: "a query that does not parse cleanly drops the scope",
+			req: Request{Method: "POST", URI: "/v1.41/containers/prune?filters=" + q(`{"label":{"a":true}}`) + ";x=1"}, op: OpContainerPrune},
+	}
+	c := NewClassifier()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := c.Classify(tt.req)
+			if got.Op != tt.op || strings.Join(got.Scope, ",") != tt.scope {
+				t.Errorf("Classify = %v scope %q (doubt %q), want %v scope %q", got.Op, got.Scope, got.Doubt, tt.op, tt.scope)
+			}
+		})
+	}
+}

@@ -2,28 +2,33 @@ package rules
 
 import (
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 )
 
-// Run is one container or service whose run label marks a CI run as active.
-type Run struct {
-	Kind  string // "container" or "service"
-	Name  string
-	ID    string
-	Label string // the label key that marks the run
-	Value string // that label's value, usually the run's identifier
-}
-
-// String names the run the way an operator would look it up.
-func (r Run) String() string {
-	return fmt.Sprintf("%s=%s (%s %s)", r.Label, r.Value, r.Kind, r.Name)
-}
-
-// RunState is what the caller knows about active runs. A non-nil Err means
-// the state is unknown, and destructive requests are then refused.
+// RunState is what the caller knows about active CI jobs. A non-nil Err
+// means the state is unknown, and destructive requests are then refused.
 type RunState struct {
+	// Active are the objects of jobs that are running now.
 	Active []Run
-	Err    error
+	// Ended are objects of jobs that went within the grace (Run.Ended
+	// set); they count as active for grace operations only.
+	Ended []Run
+	// Blind, when set, is a stretch of the grace window the caller could
+	// not see: a job may have ended in it unnoticed.
+	Blind *Blind
+	// Grace is the teardown grace the caller applied.
+	Grace time.Duration
+	Err   error
+}
+
+// Blind says prune-guard cannot know whether a job ended before Since
+// (it started then, or missed engine events then). Until Since+Grace that
+// unknown stretch counts as a job in its teardown grace.
+type Blind struct {
+	Since time.Time
+	Why   string
 }
 
 // Check is the answer to "is this protected?". A non-nil Err means the
@@ -41,6 +46,10 @@ type Check struct {
 type Facts interface {
 	Runs() RunState
 	ImageProtected(ref string) Check
+	// PruneProtected answers whether an image prune with this label scope
+	// (positive label filters; none for every image) could remove a
+	// protected image.
+	PruneProtected(scope []string, danglingOnly bool) Check
 	PluginProtected(name string) Check
 }
 
@@ -49,6 +58,7 @@ type Facts interface {
 type FactsFuncs struct {
 	RunsFunc   func() RunState
 	ImageFunc  func(ref string) Check
+	PruneFunc  func(scope []string, danglingOnly bool) Check
 	PluginFunc func(name string) Check
 }
 
@@ -66,6 +76,14 @@ func (f FactsFuncs) ImageProtected(ref string) Check {
 		return Check{}
 	}
 	return f.ImageFunc(ref)
+}
+
+// PruneProtected calls f.PruneFunc.
+func (f FactsFuncs) PruneProtected(scope []string, danglingOnly bool) Check {
+	if f.PruneFunc == nil {
+		return Check{}
+	}
+	return f.PruneFunc(scope, danglingOnly)
 }
 
 // PluginProtected calls f.PluginFunc.
@@ -87,8 +105,15 @@ type Decision struct {
 	Rule string
 	// Message is the denial (or would-be denial) as the client sees it.
 	Message string
-	// Runs are the active runs the decision relied on, if it asked.
+	// Runs are the active runs the decision relied on, if it asked:
+	// those that held the request when a run rule denied it, otherwise
+	// every active run.
 	Runs []Run
+	// Blind is the unseen stretch of the grace window that held the
+	// request, if one did.
+	Blind *Blind
+	// Grace is the teardown grace in force when runs were asked.
+	Grace time.Duration
 	// RunsErr is why the run state was unknown, if it was.
 	RunsErr error
 }
@@ -117,7 +142,7 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 			continue
 		}
 		switch r.When {
-		case RunActive:
+		case RunActive, RunInScope:
 			if !asked {
 				state, asked = facts.Runs(), true
 			}
@@ -129,18 +154,28 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 				return decide(p, r, c, Decision{RunsErr: state.Err,
 					Message: fmt.Sprintf("prune-guard: %s is blocked because the CI run state is unknown (rule %s): %v; retry when the engine answers",
 						describe(c), r.Name, state.Err)})
-			case len(state.Active) == 0:
+			}
+			held, blind := state.Holding(c, r.When == RunInScope)
+			if len(held) == 0 && blind == nil {
 				continue
 			}
-			return decide(p, r, c, Decision{Runs: state.Active,
-				Message: fmt.Sprintf("prune-guard: %s is blocked while a CI run is active (rule %s): active %s; %s",
-					describe(c), r.Name, listRuns(state.Active), r.Message)})
+			return decide(p, r, c, Decision{Runs: held, Blind: blind, Grace: state.Grace,
+				Message: runMessage(c, r, held, blind, state.Grace)})
+		case Unscoped:
+			if len(c.Scope) > 0 {
+				continue
+			}
+			return decide(p, r, c, Decision{
+				Message: fmt.Sprintf("prune-guard: %s is blocked (rule %s): %s", describe(c), r.Name, r.Message)})
 		case ImageProtected, PluginProtected:
 			if !protAsked {
-				if r.When == ImageProtected {
-					prot = facts.ImageProtected(c.Target)
-				} else {
+				switch {
+				case r.When == PluginProtected:
 					prot = facts.PluginProtected(c.Target)
+				case c.Op == OpImagePrune || c.Op == OpImagePruneAll:
+					prot = facts.PruneProtected(c.Scope, c.Op == OpImagePrune)
+				default:
+					prot = facts.ImageProtected(c.Target)
 				}
 				protAsked = true
 			}
@@ -164,10 +199,99 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 	}
 	d := Decision{Allow: true}
 	if asked {
-		d.Runs, d.RunsErr = state.Active, state.Err
+		d.Runs, d.RunsErr, d.Grace = state.Active, state.Err, state.Grace
 	}
 	return d
 }
+
+// Holding returns the runs (and the unseen stretch of the grace window) that
+// hold back a request classified as c: live jobs always; for grace
+// operations also jobs that ended within the grace and the blind stretch;
+// and, when inScope, for a scopable prune with a label scope only the runs
+// the scope selects.
+func (s RunState) Holding(c Classification, inScope bool) ([]Run, *Blind) {
+	runs := s.Active
+	var blind *Blind
+	if c.Op.Grace() {
+		runs = append(runs[:len(runs):len(runs)], s.Ended...)
+		blind = s.Blind
+	}
+	if inScope && c.Op.Scopable() && len(c.Scope) > 0 {
+		var scoped []Run
+		for _, r := range runs {
+			if r.InScope(c.Scope) {
+				scoped = append(scoped, r)
+			}
+		}
+		runs = scoped
+	}
+	return runs, blind
+}
+
+// runMessage explains a denial held by runs.
+func runMessage(c Classification, r Rule, held []Run, blind *Blind, grace time.Duration) string {
+	scope := ""
+	if len(c.Scope) > 0 && c.Op.Scopable() && r.When == RunInScope {
+		scope = fmt.Sprintf(" and its label filter %s selects the job's objects", strings.Join(c.Scope, ", "))
+	}
+	when := "while a CI job is active"
+	if !anyLive(held) {
+		when = "during a CI job's teardown grace"
+	}
+	msg := fmt.Sprintf("prune-guard: %s is blocked %s%s (rule %s): %s", describe(c), when, scope, r.Name, HoldReason(held, blind, grace))
+	if r.Message != "" {
+		msg += "; " + r.Message
+	}
+	return msg
+}
+
+func anyLive(runs []Run) bool {
+	for _, r := range runs {
+		if r.Ended.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// HoldReason says which jobs hold a request back (as Holding returned them)
+// and, when only jobs in their teardown grace do, when it may resume.
+func HoldReason(held []Run, blind *Blind, grace time.Duration) string {
+	held = slices.Clone(held)
+	sortRuns(held)
+	var live, ended []Run
+	for _, run := range held {
+		if run.Ended.IsZero() {
+			live = append(live, run)
+		} else {
+			ended = append(ended, run)
+		}
+	}
+	var why []string
+	if len(live) > 0 {
+		why = append(why, "active "+listRuns(live))
+	}
+	var resume time.Time
+	if len(ended) > 0 {
+		why = append(why, "in its teardown grace: "+listEnded(ended))
+		resume = ended[len(ended)-1].Ended.Add(grace)
+	}
+	if blind != nil {
+		why = append(why, fmt.Sprintf("prune-guard cannot tell whether a CI job ended before %s (%s)", clock(blind.Since), blind.Why))
+		if t := blind.Since.Add(grace); t.After(resume) {
+			resume = t
+		}
+	}
+	if len(live) == 0 && !resume.IsZero() {
+		// Only image operations wait out the grace.
+		why = append(why, "image deletes and image prunes resume at "+clock(resume))
+	}
+	return strings.Join(why, "; ")
+}
+
+// clock formats a time for a denial: an operator compares it with the
+// host's clock, and the audit line carries the exact time.
+func clock(t time.Time) string { return t.UTC().Format("15:04:05 UTC") }
 
 // decide completes d for rule r's action under p's mode.
 func decide(p *Policy, r Rule, c Classification, d Decision) Decision {
@@ -199,21 +323,24 @@ func describe(c Classification) string {
 const maxListedRuns = 5
 
 func listRuns(runs []Run) string {
+	return listed(runs, func(r Run) string { return r.String() })
+}
+
+func listEnded(runs []Run) string {
+	return listed(runs, func(r Run) string { return r.String() + " ended at " + clock(r.Ended) })
+}
+
+func listed(runs []Run, str func(Run) string) string {
 	var b strings.Builder
-	if len(runs) == 1 {
-		b.WriteString("run ")
-	} else {
-		b.WriteString("runs ")
-	}
 	for i, r := range runs {
 		if i == maxListedRuns {
 			fmt.Fprintf(&b, " and %d more", len(runs)-maxListedRuns)
 			break
 		}
 		if i > 0 {
-			b.WriteString(", ")
+			b.WriteString("; ")
 		}
-		b.WriteString(r.String())
+		b.WriteString(str(r))
 	}
 	return b.String()
 }

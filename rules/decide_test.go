@@ -4,11 +4,12 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaultPolicy(t *testing.T) {
 	idle := RunState{}
-	busy := RunState{Active: []Run{{Kind: "container", Name: "web-1", Label: "prune-guard.run", Value: "build-42"}}}
+	busy := RunState{Active: []Run{{Detector: "prune-guard", System: "prune-guard run", Job: "build-42", Kind: Container, Name: "web-1"}}}
 	unknown := RunState{Err: errors.New("engine unreachable")}
 	tests := []struct {
 		name      string
@@ -26,14 +27,14 @@ func TestDefaultPolicy(t *testing.T) {
 		{name: "volume prune of named volumes is denied", c: Classification{Op: OpVolumePruneAll}, runs: idle, rule: "no-volume-prune-all"},
 		{name: "dangling prune is allowed with no run", c: Classification{Op: OpImagePrune}, runs: idle, allow: true, wantAsked: true},
 		{name: "dangling prune is denied during a run", c: Classification{Op: OpImagePrune}, runs: busy, rule: "no-prune-during-run", wantAsked: true,
-			msg: []string{"while a CI run is active", "prune-guard.run=build-42 (container web-1)", "retry after the run ends"}},
+			msg: []string{"while a CI job is active", "prune-guard run build-42, container web-1", "retry after the job ends"}},
 		{name: "container prune is denied during a run", c: Classification{Op: OpContainerPrune}, runs: busy, rule: "no-prune-during-run", wantAsked: true},
 		{name: "network prune is denied during a run", c: Classification{Op: OpNetworkPrune}, runs: busy, rule: "no-prune-during-run", wantAsked: true},
 		{name: "anonymous volume prune is denied during a run", c: Classification{Op: OpVolumePrune}, runs: busy, rule: "no-prune-during-run", wantAsked: true},
 		{name: "build prune is denied during a run", c: Classification{Op: OpBuildPrune}, runs: busy, rule: "no-prune-during-run", wantAsked: true},
 		{name: "image delete is allowed with no run", c: Classification{Op: OpImageDelete, Target: "alpine"}, runs: idle, allow: true, wantAsked: true},
 		{name: "image delete is denied during a run and names image and run", c: Classification{Op: OpImageDelete, Target: "alpine"}, runs: busy, rule: "no-delete-during-run", wantAsked: true,
-			msg: []string{`image delete of "alpine" is blocked while a CI run is active`, "build-42"}},
+			msg: []string{`image delete of "alpine" is blocked while a CI job is active`, "build-42"}},
 		{name: "image delete is denied when the run state is unknown", c: Classification{Op: OpImageDelete}, runs: unknown, rule: "no-delete-during-run", wantAsked: true,
 			msg: []string{"run state is unknown", "engine unreachable"}},
 		{name: "prune is denied when the run state is unknown", c: Classification{Op: OpContainerPrune}, runs: unknown, rule: "no-prune-during-run", wantAsked: true},
@@ -87,10 +88,104 @@ func TestWarnAndAllowActions(t *testing.T) {
 func TestDenialListsAtMostFiveRuns(t *testing.T) {
 	var runs []Run
 	for i := 0; i < 8; i++ {
-		runs = append(runs, Run{Kind: "container", Name: "c", Label: "l", Value: "v"})
+		runs = append(runs, Run{System: "CI job", Kind: Container, Name: "c"})
 	}
 	d := Evaluate(Classification{Op: OpContainerPrune}, Default(), FactsFuncs{RunsFunc: func() RunState { return RunState{Active: runs} }})
 	if !strings.Contains(d.Message, "and 3 more") {
 		t.Errorf("message %q should cut the run list", d.Message)
+	}
+}
+
+func TestScopedPrunesAndTheTeardownGraceUnderTheDefaultPolicy(t *testing.T) {
+	ended := time.Date(2026, 12, 1, 10, 41, 13, 0, time.UTC)
+	ghJob := Run{Detector: "github-actions", System: "GitHub Actions job", Kind: Container, Name: "a1b2c3_job", Labels: map[string]string{"a1b2c3": ""}}
+	gitlabJob := Run{Detector: "gitlab", System: "GitLab job", Job: "4711", Kind: Container, Name: "runner-build",
+		Labels: map[string]string{"com.gitlab.gitlab-runner.job.id": "4711", "com.gitlab.gitlab-runner.managed": "true"}}
+	endedJob := gitlabJob
+	endedJob.Ended = ended
+	hostJob := Run{Detector: "github-actions-host", System: "GitHub Actions job", Kind: Process, ID: "42", Name: "Runner.Worker"}
+
+	otherRunnersJob := RunState{Active: []Run{ghJob}, Grace: 2 * time.Minute}
+	gitlabRunning := RunState{Active: []Run{gitlabJob}, Grace: 2 * time.Minute}
+	tearingDown := RunState{Ended: []Run{endedJob}, Grace: 2 * time.Minute}
+	blind := RunState{Blind: &Blind{Since: ended, Why: "prune-guard started then"}, Grace: 2 * time.Minute}
+	hostRunning := RunState{Active: []Run{hostJob}, Grace: 2 * time.Minute}
+
+	tests := []struct {
+		name  string
+		c     Classification
+		runs  RunState
+		allow bool
+		rule  string
+		msg   []string
+	}{
+		{name: "a network prune scoped to another runner's key passes while that runner's job runs",
+			c: Classification{Op: OpNetworkPrune, Scope: []string{"ffee00"}}, runs: otherRunnersJob, allow: true},
+		{name: "a network prune scoped to the running job's own key is refused",
+			c: Classification{Op: OpNetworkPrune, Scope: []string{"a1b2c3"}}, runs: otherRunnersJob, rule: "no-prune-during-run",
+			msg: []string{"its label filter a1b2c3 selects the job's objects", "GitHub Actions job, container a1b2c3_job"}},
+		{name: "an unscoped network prune is refused during a run",
+			c: Classification{Op: OpNetworkPrune}, runs: otherRunnersJob, rule: "no-prune-during-run"},
+		{name: "a container prune scoped to a value the job does not carry passes",
+			c: Classification{Op: OpContainerPrune, Scope: []string{"com.gitlab.gitlab-runner.job.id=9"}}, runs: gitlabRunning, allow: true},
+		{name: "a scoped dangling image prune that selects the job is refused",
+			c: Classification{Op: OpImagePrune, Scope: []string{"com.gitlab.gitlab-runner.managed=true"}}, runs: gitlabRunning, rule: "no-prune-during-run"},
+		{name: "an anonymous volume prune scoped away from the job passes",
+			c: Classification{Op: OpVolumePrune, Scope: []string{"other"}}, runs: gitlabRunning, allow: true},
+		{name: "a scoped prune --all is still refused during a run",
+			c: Classification{Op: OpImagePruneAll, Scope: []string{"other"}}, runs: gitlabRunning, rule: "no-prune-during-run"},
+		{name: "a build prune is never scoped",
+			c: Classification{Op: OpBuildPrune}, runs: otherRunnersJob, rule: "no-prune-during-run"},
+		{name: "a scoped prune --all passes with no job active (GitLab clear-docker-cache)",
+			c: Classification{Op: OpImagePruneAll, Scope: []string{"com.gitlab.gitlab-runner.managed=true"}}, runs: RunState{}, allow: true},
+		{name: "an unscoped prune --all is refused without asking the engine",
+			c: Classification{Op: OpImagePruneAll}, runs: RunState{Err: errors.New("must not be asked")}, rule: "no-prune-all"},
+		{name: "a scoped prune passes with only a host job active: no label marks its objects",
+			c: Classification{Op: OpNetworkPrune, Scope: []string{"a1b2c3"}}, runs: hostRunning, allow: true},
+		{name: "an image delete during a job's teardown grace is refused and says when deletes resume",
+			c: Classification{Op: OpImageDelete, Target: "node:20"}, runs: tearingDown, rule: "no-delete-during-run",
+			msg: []string{"during a CI job's teardown grace", "GitLab job 4711, container runner-build ended at 10:41:13 UTC", "resume at 10:43:13 UTC"}},
+		{name: "a dangling image prune during the grace is refused",
+			c: Classification{Op: OpImagePrune}, runs: tearingDown, rule: "no-prune-during-run"},
+		{name: "a container prune scoped to the ended job's label passes at once",
+			c: Classification{Op: OpContainerPrune, Scope: []string{"com.gitlab.gitlab-runner.managed=true"}}, runs: tearingDown, allow: true},
+		{name: "an unscoped network prune passes during the grace: the grace protects images only",
+			c: Classification{Op: OpNetworkPrune}, runs: tearingDown, allow: true},
+		{name: "an image delete in an unseen stretch of the window is refused and says why",
+			c: Classification{Op: OpImageDelete, Target: "x"}, runs: blind, rule: "no-delete-during-run",
+			msg: []string{"cannot tell whether a CI job ended before 10:41:13 UTC (prune-guard started then)", "resume at 10:43:13 UTC"}},
+		{name: "a scoped dangling image prune in an unseen stretch is refused: the ended job's labels are unknown",
+			c: Classification{Op: OpImagePrune, Scope: []string{"x"}}, runs: blind, rule: "no-prune-during-run"},
+		{name: "a container prune in an unseen stretch passes",
+			c: Classification{Op: OpContainerPrune}, runs: blind, allow: true},
+	}
+	p := Default()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Evaluate(tt.c, p, FactsFuncs{RunsFunc: func() RunState { return tt.runs }})
+			if d.Allow != tt.allow || d.Rule != tt.rule {
+				t.Fatalf("Evaluate = allow %v rule %q (%s), want allow %v rule %q", d.Allow, d.Rule, d.Message, tt.allow, tt.rule)
+			}
+			for _, s := range tt.msg {
+				if !strings.Contains(d.Message, s) {
+					t.Errorf("message %q lacks %q", d.Message, s)
+				}
+			}
+		})
+	}
+}
+
+func TestScopedPruneAllKeepsProtectedImages(t *testing.T) {
+	c := Classification{Op: OpImagePruneAll, Scope: []string{"team=a"}}
+	var askedScope []string
+	d := Evaluate(c, Default(), FactsFuncs{PruneFunc: func(scope []string, danglingOnly bool) Check {
+		askedScope = scope
+		return Check{Yes: !danglingOnly, Why: "it would remove image sha256:abc: it carries the protecting label prune-guard.keep=true"}
+	}})
+	if d.Allow || d.Rule != "keep-protected" || !strings.Contains(d.Message, "prune-guard.keep=true") {
+		t.Fatalf("Evaluate = %+v", d)
+	}
+	if strings.Join(askedScope, ",") != "team=a" {
+		t.Errorf("asked about scope %q, want the prune's", askedScope)
 	}
 }

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"net/http"
+	"reflect"
 	"testing"
 )
 
@@ -19,6 +20,9 @@ func FuzzClassify(f *testing.F) {
 		{"POST", "/v1.41/plugins/prune-guard/disable", "", "", ""},
 		{"GET", "/v1.41/containers/json", "", "", ""},
 		{"POST", "//images/prune", "", "", ""},
+		{"POST", "/v1.51/networks/prune?filters=%7B%22label%22%3A%7B%2261626364656667%22%3Atrue%7D%7D", "", "", ""},
+		{"POST", "/v1.41/images/prune?filters=%7B%22dangling%22%3A%5B%22false%22%5D%2C%22label%22%3A%5B%22com.gitlab.gitlab-runner.managed%3Dtrue%22%5D%7D", "", "", ""},
+		{"POST", "/v1.45/containers/prune?filters=%7B%22label%22%3A%7B%22a!%3Db%22%3Atrue%7D%7D", "", "", ""},
 		{"", "", "", "", ""},
 	}
 	for _, s := range seeds {
@@ -35,15 +39,21 @@ func FuzzClassify(f *testing.F) {
 		}
 		r := Request{Method: method, URI: uri, Headers: h, Body: body}
 		got := c.Classify(r)
-		if again := c.Classify(r); again != got {
+		if again := c.Classify(r); !reflect.DeepEqual(again, got) {
 			t.Fatalf("classification is not deterministic: %+v then %+v", got, again)
 		}
 		if got.Op.Destructive() && got.Op != OpUnknown && method != http.MethodPost && method != http.MethodDelete {
 			t.Fatalf("%s %q classified %v, but only POST and DELETE routes destroy", method, uri, got.Op)
 		}
+		if got.Doubt != "" && got.Scope != nil {
+			t.Fatalf("a doubted reading must not be scoped: %+v", got)
+		}
 		if got.Doubt != "" {
 			switch got.Op {
-			case OpUnknown, OpImagePruneAll, OpBuildPruneAll, OpVolumePruneAll:
+			case OpUnknown, OpImagePruneAll, OpBuildPruneAll, OpVolumePruneAll,
+				// No parameter makes these remove more; a doubt only
+				// drops their label scope.
+				OpContainerPrune, OpNetworkPrune:
 			default:
 				t.Fatalf("doubted reading %v is not the most destructive one (%s)", got.Op, got.Doubt)
 			}

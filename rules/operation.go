@@ -46,68 +46,70 @@ const (
 	numOperations
 )
 
-var operationNames = [numOperations]string{
-	OpOther:          "other",
-	OpUnknown:        "unknown",
-	OpImagePrune:     "image-prune",
-	OpImagePruneAll:  "image-prune-all",
-	OpImageDelete:    "image-delete",
-	OpBuildPrune:     "build-prune",
-	OpBuildPruneAll:  "build-prune-all",
-	OpContainerPrune: "container-prune",
-	OpNetworkPrune:   "network-prune",
-	OpVolumePrune:    "volume-prune",
-	OpVolumePruneAll: "volume-prune-all",
-	OpPluginChange:   "plugin-change",
-	OpBuildKitStream: "buildkit-stream",
+// opInfo is everything prune-guard knows about an operation, in one place.
+type opInfo struct {
+	// name is the stable name policy files and the audit log use.
+	name string
+	// describe is the operation in an operator's words, for messages.
+	describe string
+	// destructive operations can delete something prune-guard guards (or
+	// cannot be known not to); only they cost an engine query or an audit
+	// line under the default settings.
+	destructive bool
+	// prune operations form the policy group "any-prune".
+	prune bool
+	// grace operations remove images: a CI job still counts as active for
+	// them during its teardown grace after its last object is gone.
+	grace bool
+	// scopable prunes remove only objects that carry every label of their
+	// positive label filter, so during a run one scoped to labels no
+	// active job carries cannot touch the run (condition run-in-scope).
+	scopable bool
+}
+
+var operations = [numOperations]opInfo{
+	OpOther:          {name: "other", describe: "request"},
+	OpUnknown:        {name: "unknown", describe: "unclassifiable request", destructive: true},
+	OpImagePrune:     {name: "image-prune", describe: "image prune", destructive: true, prune: true, grace: true, scopable: true},
+	OpImagePruneAll:  {name: "image-prune-all", describe: "image prune --all", destructive: true, prune: true, grace: true},
+	OpImageDelete:    {name: "image-delete", describe: "image delete", destructive: true, grace: true},
+	OpBuildPrune:     {name: "build-prune", describe: "build cache prune", destructive: true, prune: true},
+	OpBuildPruneAll:  {name: "build-prune-all", describe: "build cache prune --all", destructive: true, prune: true},
+	OpContainerPrune: {name: "container-prune", describe: "container prune", destructive: true, prune: true, scopable: true},
+	OpNetworkPrune:   {name: "network-prune", describe: "network prune", destructive: true, prune: true, scopable: true},
+	OpVolumePrune:    {name: "volume-prune", describe: "volume prune", destructive: true, prune: true, scopable: true},
+	OpVolumePruneAll: {name: "volume-prune-all", describe: "volume prune --all", destructive: true, prune: true},
+	OpPluginChange:   {name: "plugin-change", describe: "plugin change", destructive: true},
+	OpBuildKitStream: {name: "buildkit-stream", describe: "BuildKit session"},
+}
+
+func (op Operation) info() opInfo {
+	if op < numOperations {
+		return operations[op]
+	}
+	return opInfo{name: fmt.Sprintf("Operation(%d)", uint8(op)), describe: "request", destructive: true}
 }
 
 // String returns the operation's stable name, the one policy files and the
 // audit log use.
-func (op Operation) String() string {
-	if op < numOperations {
-		return operationNames[op]
-	}
-	return fmt.Sprintf("Operation(%d)", uint8(op))
-}
+func (op Operation) String() string { return op.info().name }
 
 // Destructive reports whether the operation can delete something prune-guard
 // guards (or cannot be known not to). Only destructive requests cost an
 // engine query or an audit line under the default settings.
-func (op Operation) Destructive() bool {
-	return op != OpOther && op != OpBuildKitStream
-}
+func (op Operation) Destructive() bool { return op.info().destructive }
 
 // Describe returns the operation in an operator's words, for messages.
-func (op Operation) Describe() string {
-	switch op {
-	case OpImagePrune:
-		return "image prune"
-	case OpImagePruneAll:
-		return "image prune --all"
-	case OpImageDelete:
-		return "image delete"
-	case OpBuildPrune:
-		return "build cache prune"
-	case OpBuildPruneAll:
-		return "build cache prune --all"
-	case OpContainerPrune:
-		return "container prune"
-	case OpNetworkPrune:
-		return "network prune"
-	case OpVolumePrune:
-		return "volume prune"
-	case OpVolumePruneAll:
-		return "volume prune --all"
-	case OpPluginChange:
-		return "plugin change"
-	case OpBuildKitStream:
-		return "BuildKit session"
-	case OpUnknown:
-		return "unclassifiable request"
-	}
-	return "request"
-}
+func (op Operation) Describe() string { return op.info().describe }
+
+// Grace reports whether a CI job still counts as active for op during its
+// teardown grace: true for the operations that remove images.
+func (op Operation) Grace() bool { return op.info().grace }
+
+// Scopable reports whether a positive label filter limits what op removes to
+// objects carrying those labels, so that a scoped op cannot touch a run
+// whose objects do not carry them.
+func (op Operation) Scopable() bool { return op.info().scopable }
 
 // OpSet is a set of operations. A bit set keeps rule matching free of
 // allocations on the request path.
@@ -126,8 +128,15 @@ func Ops(ops ...Operation) OpSet {
 func (s OpSet) Has(op Operation) bool { return s&(1<<op) != 0 }
 
 // AnyPrune is every prune operation, the policy name "any-prune".
-var AnyPrune = Ops(OpImagePrune, OpImagePruneAll, OpBuildPrune, OpBuildPruneAll,
-	OpContainerPrune, OpNetworkPrune, OpVolumePrune, OpVolumePruneAll)
+var AnyPrune = func() OpSet {
+	var s OpSet
+	for op, info := range operations {
+		if info.prune {
+			s |= 1 << op
+		}
+	}
+	return s
+}()
 
 // opGroups are names that stand for several operations in a policy.
 var opGroups = map[string]OpSet{
@@ -139,8 +148,8 @@ func ParseOperation(name string) (OpSet, error) {
 	if s, ok := opGroups[name]; ok {
 		return s, nil
 	}
-	for op, n := range operationNames {
-		if n == name && policyNamed(Operation(op)) {
+	for op, info := range operations {
+		if info.name == name && policyNamed(Operation(op)) {
 			return Ops(Operation(op)), nil
 		}
 	}
@@ -154,9 +163,9 @@ func policyNamed(op Operation) bool { return op != OpOther && op != OpUnknown }
 // OperationNames lists every name ParseOperation accepts, sorted.
 func OperationNames() []string {
 	var names []string
-	for op, n := range operationNames {
+	for op, info := range operations {
 		if policyNamed(Operation(op)) {
-			names = append(names, n)
+			names = append(names, info.name)
 		}
 	}
 	for n := range opGroups {

@@ -36,8 +36,17 @@ type Condition uint8
 const (
 	// Always applies the rule to every request it matches.
 	Always Condition = iota
-	// RunActive applies the rule only while a CI run is active.
+	// RunActive applies the rule only while a CI job is active (for
+	// operations that remove images, also during a job's teardown grace).
 	RunActive
+	// RunInScope is RunActive, except that a scopable prune whose positive
+	// label filter selects none of the active jobs' objects passes: it
+	// cannot touch them.
+	RunInScope
+	// Unscoped applies the rule only to a request with no positive label
+	// filter (an image prune --all with one removes only images whose own
+	// configuration carries the labels).
+	Unscoped
 	// ImageProtected applies the rule only when the image a request names
 	// is protected (by reference pattern or label).
 	ImageProtected
@@ -51,6 +60,8 @@ const (
 var conditionNames = [numConditions]string{
 	Always:          "always",
 	RunActive:       "run-active",
+	RunInScope:      "run-in-scope",
+	Unscoped:        "unscoped",
 	ImageProtected:  "image-protected",
 	PluginProtected: "plugin-protected",
 }
@@ -71,6 +82,9 @@ func ParseCondition(name string) (Condition, error) {
 	}
 	return 0, fmt.Errorf("unknown condition %q (valid: %s)", name, strings.Join(conditionNames[:], ", "))
 }
+
+// ConditionNames lists the conditions a policy may name.
+func ConditionNames() []string { return conditionNames[:] }
 
 // ParseAction returns the action a policy names.
 func ParseAction(name string) (Action, error) {
@@ -148,9 +162,9 @@ func DefaultRules() []Rule {
 		{
 			Name:    "no-prune-all",
 			Match:   Ops(OpImagePruneAll),
-			When:    Always,
+			When:    Unscoped,
 			Action:  Deny,
-			Message: "it evicts cached base images; use 'docker image prune' (dangling only)",
+			Message: "it evicts cached base images; use 'docker image prune' (dangling only), scope it with --filter label=KEY, or let 'prune-guard reclaim' free disk",
 		},
 		{
 			Name:    "no-build-prune-all",
@@ -168,7 +182,7 @@ func DefaultRules() []Rule {
 		},
 		{
 			Name:    "keep-protected",
-			Match:   Ops(OpImageDelete),
+			Match:   Ops(OpImageDelete, OpImagePruneAll),
 			When:    ImageProtected,
 			Action:  Deny,
 			Message: "protected images are never deleted; change the policy's protect settings if it must go",
@@ -176,16 +190,16 @@ func DefaultRules() []Rule {
 		{
 			Name:    "no-prune-during-run",
 			Match:   AnyPrune,
-			When:    RunActive,
+			When:    RunInScope,
 			Action:  Deny,
-			Message: "retry after the run ends",
+			Message: "retry after the job ends",
 		},
 		{
 			Name:    "no-delete-during-run",
 			Match:   Ops(OpImageDelete),
 			When:    RunActive,
 			Action:  Deny,
-			Message: "retry after the run ends",
+			Message: "retry after the job ends",
 		},
 	}
 }

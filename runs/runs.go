@@ -20,9 +20,6 @@ import (
 	"github.com/prune-guard/prune-guard/rules"
 )
 
-// DefaultLabel is the run label used when none is configured.
-const DefaultLabel = "prune-guard.run"
-
 // activeStates are the container states that hold a run open. An exited or
 // dead container is a run's leftover, not a run.
 var activeStates = []string{"created", "running", "paused", "restarting"}
@@ -43,69 +40,41 @@ func New(host string, timeout time.Duration) (*Tracker, error) {
 	return &Tracker{c: c, timeout: timeout}, nil
 }
 
-// ValidateLabels reports the first run label selector that is not KEY or
-// KEY=VALUE, or that there is none.
-func ValidateLabels(labels []string) error {
-	if len(labels) == 0 {
-		return errors.New("no run labels configured")
-	}
-	for _, l := range labels {
-		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "=") {
-			return fmt.Errorf("invalid run label %q: want KEY or KEY=VALUE", l)
-		}
-	}
-	return nil
-}
-
 // Close releases the engine client's connections.
 func (t *Tracker) Close() error { return t.c.Close() }
 
-// Active lists the containers and services carrying any of the run label
-// selectors (KEY or KEY=VALUE). An error means the state is unknown.
-func (t *Tracker) Active(ctx context.Context, labels []string) ([]rules.Run, error) {
-	if err := ValidateLabels(labels); err != nil {
-		return nil, err
-	}
+// State lists the engine's active containers once (and its services, when a
+// detector looks at services) and matches every detector locally, so a
+// decision costs one round of engine queries however many detectors are
+// enabled. A state whose Err is set is unknown.
+func (t *Tracker) State(ctx context.Context, d rules.Detection) rules.RunState {
 	ctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
-
-	// One container and one service query per label selector, all at once:
-	// the engine ANDs label filters within one query, and a decision waits
-	// for the slowest query, not their sum.
 	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		runs []rules.Run
-		errs []error
+		wg               sync.WaitGroup
+		containers, svcs []rules.Run
+		cErr, sErr       error
 	)
-	collect := func(rs []rules.Run, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		runs = append(runs, rs...)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, sel := range labels {
-		wg.Add(2)
-		go func() { defer wg.Done(); collect(t.containers(ctx, sel)) }()
-		go func() { defer wg.Done(); collect(t.services(ctx, sel)) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); containers, cErr = t.containers(ctx, d) }()
+	if d.Looks(rules.Service) {
+		wg.Add(1)
+		go func() { defer wg.Done(); svcs, sErr = t.services(ctx, d) }()
 	}
 	wg.Wait()
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("cannot ask the engine which runs are active: %w", errors.Join(errs...))
+	if err := errors.Join(cErr, sErr); err != nil {
+		return rules.RunState{Grace: d.Grace, Err: fmt.Errorf("cannot ask the engine which runs are active: %w", err)}
 	}
-	return dedupe(runs), nil
+	return rules.RunState{Active: append(containers, svcs...), Grace: d.Grace}
 }
 
-func (t *Tracker) containers(ctx context.Context, sel string) ([]rules.Run, error) {
-	f := make(client.Filters).Add("label", sel).Add("status", activeStates...)
+func (t *Tracker) containers(ctx context.Context, d rules.Detection) ([]rules.Run, error) {
+	f := make(client.Filters).Add("status", activeStates...)
 	res, err := t.c.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
-		return nil, fmt.Errorf("list containers labelled %s: %w", sel, err)
+		return nil, fmt.Errorf("list active containers: %w", err)
 	}
-	key := labelKey(sel)
-	out := make([]rules.Run, 0, len(res.Items))
+	var out []rules.Run
 	for _, c := range res.Items {
 		name := c.ID
 		if len(name) > 12 {
@@ -114,23 +83,26 @@ func (t *Tracker) containers(ctx context.Context, sel string) ([]rules.Run, erro
 		if len(c.Names) > 0 {
 			name = strings.TrimPrefix(c.Names[0], "/")
 		}
-		out = append(out, rules.Run{Kind: "container", Name: name, ID: c.ID, Label: key, Value: c.Labels[key]})
+		if r, ok := d.Match(rules.Object{Kind: rules.Container, ID: c.ID, Name: name, Labels: c.Labels}); ok {
+			out = append(out, r)
+		}
 	}
 	return out, nil
 }
 
-func (t *Tracker) services(ctx context.Context, sel string) ([]rules.Run, error) {
-	res, err := t.c.ServiceList(ctx, client.ServiceListOptions{Filters: make(client.Filters).Add("label", sel)})
+func (t *Tracker) services(ctx context.Context, d rules.Detection) ([]rules.Run, error) {
+	res, err := t.c.ServiceList(ctx, client.ServiceListOptions{})
 	if err != nil {
 		if notManager(err) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("list services labelled %s: %w", sel, err)
+		return nil, fmt.Errorf("list services: %w", err)
 	}
-	key := labelKey(sel)
-	out := make([]rules.Run, 0, len(res.Items))
+	var out []rules.Run
 	for _, s := range res.Items {
-		out = append(out, rules.Run{Kind: "service", Name: s.Spec.Name, ID: s.ID, Label: key, Value: s.Spec.Labels[key]})
+		if r, ok := d.Match(rules.Object{Kind: rules.Service, ID: s.ID, Name: s.Spec.Name, Labels: s.Spec.Labels}); ok {
+			out = append(out, r)
+		}
 	}
 	return out, nil
 }
@@ -139,24 +111,4 @@ func (t *Tracker) services(ctx context.Context, sel string) ([]rules.Run, error)
 // manager (not in a swarm, or a worker): such a node has no services.
 func notManager(err error) bool {
 	return strings.Contains(err.Error(), "not a swarm manager")
-}
-
-func labelKey(sel string) string {
-	k, _, _ := strings.Cut(sel, "=")
-	return k
-}
-
-// dedupe drops a container or service listed under two selectors.
-func dedupe(runs []rules.Run) []rules.Run {
-	seen := make(map[string]bool, len(runs))
-	out := runs[:0]
-	for _, r := range runs {
-		k := r.Kind + "/" + r.ID
-		if seen[k] {
-			continue
-		}
-		seen[k] = true
-		out = append(out, r)
-	}
-	return out
 }

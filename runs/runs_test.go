@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 // fakeEngine answers the few engine endpoints the tracker uses.
@@ -70,7 +72,8 @@ func TestContainersAndServicesAreRuns(t *testing.T) {
 		services:   []map[string]any{{"ID": "s1", "Spec": map[string]any{"Name": "deploy", "Labels": map[string]string{"prune-guard.run": "job-8"}}}},
 		queries:    make(chan string, 16),
 	}
-	runs, err := newTracker(t, f).Active(context.Background(), []string{DefaultLabel})
+	st := newTracker(t, f).State(context.Background(), detection(t, rules.DefaultRunLabel))
+	runs, err := st.Active, st.Err
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +84,7 @@ func TestContainersAndServicesAreRuns(t *testing.T) {
 	for _, r := range runs {
 		got[r.String()] = true
 	}
-	for _, want := range []string{"prune-guard.run=job-7 (container web-1)", "prune-guard.run=job-8 (service deploy)"} {
+	for _, want := range []string{"prune-guard run job-7, container web-1", "prune-guard run job-8, service deploy"} {
 		if !got[want] {
 			t.Errorf("missing run %q in %v", want, runs)
 		}
@@ -93,7 +96,7 @@ func TestContainersAndServicesAreRuns(t *testing.T) {
 			containerQuery = q
 		}
 	}
-	for _, want := range []string{"all=1", "prune-guard.run", "running", "paused", "created", "restarting"} {
+	for _, want := range []string{"all=1", "running", "paused", "created", "restarting"} {
 		if !strings.Contains(containerQuery, want) {
 			t.Errorf("container query %q lacks %q", containerQuery, want)
 		}
@@ -106,15 +109,15 @@ func TestContainersAndServicesAreRuns(t *testing.T) {
 func TestNodeThatIsNotASwarmManagerHasNoServices(t *testing.T) {
 	f := &fakeEngine{serviceErr: http.StatusServiceUnavailable,
 		serviceMsg: `This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to connect this node to swarm and try again.`}
-	runs, err := newTracker(t, f).Active(context.Background(), []string{DefaultLabel})
-	if err != nil || len(runs) != 0 {
+	st := newTracker(t, f).State(context.Background(), detection(t, rules.DefaultRunLabel))
+	if runs, err := st.Active, st.Err; err != nil || len(runs) != 0 {
 		t.Fatalf("runs %v, err %v; want none and no error", runs, err)
 	}
 }
 
 func TestEngineErrorMakesTheStateUnknown(t *testing.T) {
 	f := &fakeEngine{serviceErr: http.StatusInternalServerError, serviceMsg: "boom"}
-	if _, err := newTracker(t, f).Active(context.Background(), []string{DefaultLabel}); err == nil || !strings.Contains(err.Error(), "boom") {
+	if err := newTracker(t, f).State(context.Background(), detection(t, rules.DefaultRunLabel)).Err; err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Fatalf("err = %v, want the engine's error", err)
 	}
 }
@@ -122,7 +125,7 @@ func TestEngineErrorMakesTheStateUnknown(t *testing.T) {
 func TestSlowEngineIsBoundedByTheTimeout(t *testing.T) {
 	f := &fakeEngine{delay: time.Minute}
 	start := time.Now()
-	_, err := newTracker(t, f).Active(context.Background(), []string{DefaultLabel})
+	err := newTracker(t, f).State(context.Background(), detection(t, rules.DefaultRunLabel)).Err
 	if err == nil {
 		t.Fatal("a hung engine must make the state unknown")
 	}
@@ -133,16 +136,24 @@ func TestSlowEngineIsBoundedByTheTimeout(t *testing.T) {
 
 func TestSameContainerUnderTwoLabelsCountsOnce(t *testing.T) {
 	f := &fakeEngine{containers: []map[string]any{{"Id": "c1", "Names": []string{"/a"}, "Labels": map[string]string{"ci": "1", "job": "2"}}}}
-	runs, err := newTracker(t, f).Active(context.Background(), []string{"ci", "job=2"})
-	if err != nil || len(runs) != 1 {
+	st := newTracker(t, f).State(context.Background(), detection(t, "ci", "job=2"))
+	if runs, err := st.Active, st.Err; err != nil || len(runs) != 1 {
 		t.Fatalf("runs %v err %v", runs, err)
 	}
 }
 
-func TestInvalidLabelsAreRejected(t *testing.T) {
-	for _, labels := range [][]string{nil, {""}, {" "}, {"=x"}} {
-		if err := ValidateLabels(labels); err == nil {
-			t.Errorf("New(%q) accepted invalid labels", labels)
+// detection enables only the prune-guard detector, with these run labels.
+func detection(t *testing.T, labels ...string) rules.Detection {
+	t.Helper()
+	off := map[string]string{}
+	for _, b := range rules.Builtins() {
+		if b.Name != rules.PruneGuardDetector {
+			off[b.Name] = "off"
 		}
 	}
+	d, err := rules.NewDetection(rules.DetectionSettings{Labels: labels, Switches: off})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
