@@ -1,6 +1,6 @@
 // Command prune-guard is a Docker Engine authorization plugin that keeps a
 // CI host's image cache alive: it refuses prunes that evict tagged images,
-// and every prune or image delete while a CI run is active.
+// and prunes and image deletes that could touch an active CI job.
 //
 // Run it with "prune-guard serve" and start dockerd with
 // --authorization-plugin=prune-guard. "prune-guard --help" lists the rest.
@@ -27,12 +27,15 @@ func newRootCmd() *cobra.Command {
 		Long: `prune-guard sits in dockerd's request path (dockerd --authorization-plugin=prune-guard)
 and refuses the requests that destroy a CI host's warm image cache:
 
-  - image prunes that remove tagged images (docker image prune -a, docker system prune -a);
+  - image prunes that remove tagged images (docker image prune -a, docker system prune -a)
+    unless a label filter scopes them;
   - build-cache prunes with --all, and volume prunes that remove named volumes;
-  - every prune and every image delete while a CI run is active (a container or
-    swarm service carries a run label, prune-guard.run by default).
+  - while a CI job is active, every prune that could touch it and every image delete,
+    and image deletes and prunes for a teardown grace after it ends.
 
-Everything else passes through untouched. Every destructive request and every
+CI jobs are recognised out of the box for GitLab Runner, GitHub Actions runners,
+Buildkite, Drone, Woodpecker, Jenkins, Testcontainers and Gitea/Forgejo runners
+('prune-guard policy default' lists the detectors). Everything else passes through untouched. Every destructive request and every
 denial is written to a JSON-lines audit log.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
