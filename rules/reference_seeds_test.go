@@ -137,6 +137,13 @@ var referenceSeeds = []referenceSeed{
 	// Other prunes.
 	{name: "container-prune-encoded", method: "POST", target: "/v1.41/containers/%70rune", daemon: OpContainerPrune},
 	{name: "network-prune-absolute", method: "POST", target: "http://x/networks/prune", daemon: OpNetworkPrune},
+	// Label scopes (GitHub container hooks, GitLab clear-docker-cache).
+	{name: "hooks-network-prune-scoped", method: "POST", target: "/v1.41/networks/prune?filters=" + fj(`{"label":{"72756e6e65722d31":true}}`), daemon: OpNetworkPrune},
+	{name: "gitlab-image-prune-all-scoped", method: "POST", target: "/v1.41/images/prune?filters=" + fj(`{"dangling":{"false":true},"label":{"com.gitlab.gitlab-runner.managed=true":true}}`), headers: cliCT, daemon: OpImagePruneAll},
+	{name: "container-prune-scoped-legacy-list", method: "POST", target: "/v1.41/containers/prune?filters=" + fj(`{"label":["a=1","b"]}`), daemon: OpContainerPrune},
+	{name: "container-prune-negated-key-in-label", method: "POST", target: "/v1.41/containers/prune?filters=" + fj(`{"label":{"a!=1":true}}`), daemon: OpContainerPrune},
+	{name: "network-prune-scope-in-form-body", method: "POST", target: "/v1.41/networks/prune?filters=" + fj(`{"label":{"a":true}}`), headers: formCT, body: "filters=" + fj(`{}`), daemon: OpNetworkPrune},
+	{name: "volume-prune-scoped-anonymous", method: "POST", target: "/v1.43/volumes/prune?filters=" + fj(`{"label":{"ci":true}}`), daemon: OpVolumePrune},
 }
 
 // seedFile renders a seed in the format of go test's fuzz corpus files.

@@ -239,6 +239,11 @@ type refVerdict struct {
 	op Operation
 	// target is the image or plugin name the handler acts on.
 	target string
+	// labelFilters holds, for each daemon generation that performs op on
+	// a label-filtered prune, the label filter values it selects objects
+	// by (every one must be on an object for it to go); a generation that
+	// removes objects whatever their labels contributes an empty set.
+	labelFilters [][]string
 	// why explains op, for failure messages.
 	why string
 }
@@ -428,10 +433,13 @@ func runHandler(kind string, r *http.Request) refVerdict {
 			whys = append(whys, m.name+": API version "+version+" refused")
 			continue
 		}
-		op, why := m.run(kind, version, form)
+		op, labels, why := m.run(kind, version, form)
 		whys = append(whys, m.name+": "+why)
 		if rank(op) > rank(v.op) {
 			v.op = op
+		}
+		if op != OpOther && kind != "build-prune" {
+			v.labelFilters = append(v.labelFilters, labels)
 		}
 	}
 	v.why = strings.Join(whys, "; ")
@@ -462,8 +470,9 @@ func (m daemonModel) serves(version string) bool {
 	return m.maxAPI == "" || mobyCompare(version, m.maxAPI) <= 0
 }
 
-// run is one generation's prune handler and backend.
-func (m daemonModel) run(kind, version string, form map[string][]string) (Operation, string) {
+// run is one generation's prune handler and backend: what it removes, and the
+// positive label filters every removed object must carry.
+func (m daemonModel) run(kind, version string, form map[string][]string) (Operation, []string, string) {
 	get := func(k string) string {
 		if vs := form[k]; len(vs) > 0 {
 			return vs[0]
@@ -472,8 +481,29 @@ func (m daemonModel) run(kind, version string, form map[string][]string) (Operat
 	}
 	f, err := mobyFromJSON(get("filters"))
 	if err != nil {
-		return OpOther, "invalid filters: " + err.Error()
+		return OpOther, nil, "invalid filters: " + err.Error()
 	}
+	op, why := m.backend(kind, version, f, get)
+	return op, f.positiveLabels(), why
+}
+
+// positiveLabels is what MatchKVList("label", …) demands of an object (every
+// key of the value set, whatever its bool). The containerd image store
+// reads a "KEY!" key as a negation (setupLabelFilter), which demands nothing.
+func (a mobyArgs) positiveLabels() []string {
+	var out []string
+	for v := range a["label"] {
+		if k, _, _ := strings.Cut(v, "="); strings.HasSuffix(k, "!") {
+			continue
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// backend is the handler's own parameter handling and the backend's filter
+// validation.
+func (m daemonModel) backend(kind, version string, f mobyArgs, get func(string) string) (Operation, string) {
 	switch kind {
 	case "image-prune":
 		if bad := f.invalidKey("dangling", "label", "label!", "until"); bad != "" {
@@ -803,7 +833,30 @@ func violation(got Classification, want refVerdict) string {
 	if (want.op == OpImageDelete || (want.op == OpPluginChange && want.route == "plugin-named")) && got.Target != want.target {
 		return fmt.Sprintf("the daemon acts on %q but the classifier names %q", want.target, got.Target)
 	}
+	// A scope the classifier claims must be demanded by the daemon of every
+	// object it removes, under every generation; otherwise a scoped prune
+	// could take a job's objects that lack the label.
+	for _, daemon := range want.labelFilters {
+		for _, sel := range got.Scope {
+			if !impliedBy(sel, daemon) {
+				return fmt.Sprintf("the classifier scopes the prune to %s, but the daemon removes objects by label filter %q, which does not demand it", sel, daemon)
+			}
+		}
+	}
 	return ""
+}
+
+// impliedBy reports whether every object carrying all of filters carries
+// sel: "k" follows from "k" or "k=v", "k=v" only from "k=v".
+func impliedBy(sel string, filters []string) bool {
+	k, _, hasValue := strings.Cut(sel, "=")
+	for _, f := range filters {
+		fk, _, fHasValue := strings.Cut(f, "=")
+		if f == sel || (!hasValue && fk == k && fHasValue) {
+			return true
+		}
+	}
+	return false
 }
 
 // FuzzClassifyAgainstReference checks the classifier against the reference
