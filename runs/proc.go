@@ -83,6 +83,9 @@ func (v procView) scanProcs(d rules.Detection) ([]rules.Object, error) {
 			continue
 		}
 		if _, ok := d.Match(o); ok {
+			// Read for the record only: no detector matches on it, and
+			// every syscall counts on a host with thousands of processes.
+			o.Exe, _ = os.Readlink(v.root + "/" + pid + "/exe")
 			out = append(out, o)
 		}
 	}
@@ -112,7 +115,6 @@ func (v procView) readProc(pid string, keys []string, buf *[]byte) (rules.Object
 			o.Env = parseEnviron((*buf)[:n], keys)
 		}
 	}
-	o.Exe, _ = os.Readlink(dir + "exe")
 	return o, true
 }
 

@@ -205,7 +205,7 @@ func (c *fakeClock) Add(d time.Duration) { c.mu.Lock(); defer c.mu.Unlock(); c.t
 // epoch is the tests' "now" when they start.
 var epoch = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 
-func newTracker(t *testing.T, f *fakeEngine) *Tracker {
+func newTracker(t testing.TB, f *fakeEngine) *Tracker {
 	t.Helper()
 	if f.clock == nil {
 		f.clock = &fakeClock{t: epoch}
