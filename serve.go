@@ -20,6 +20,7 @@ import (
 	"github.com/prune-guard/prune-guard/plugin"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/resolve"
+	"github.com/prune-guard/prune-guard/rules"
 	"github.com/prune-guard/prune-guard/runs"
 )
 
@@ -219,6 +220,12 @@ func runServe(ctx context.Context, o serveOptions) error {
 		}()
 	}
 
+	go tracker.Watch(ctx, func() rules.Detection { return g.Config().Detection })
+	if ok, why := tracker.HostVisible(); !ok {
+		log.WithField("reason", why).Warn("host processes are not visible: process detectors (github-actions-host, gitlab-shell, buildkite-agent) are inactive")
+	} else {
+		log.Info("host processes are visible: process detectors are active")
+	}
 	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "detectors": cfg.Detection.Names(), "run_grace": cfg.Detection.Grace.String(),
 		"policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})

@@ -5,21 +5,36 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/moby/moby/api/types/events"
 
 	"github.com/prune-guard/prune-guard/rules"
 )
 
-// fakeEngine answers the few engine endpoints the tracker uses.
+// fakeEngine answers the few engine endpoints the tracker uses. Its event
+// log behaves like dockerd's: a subscription with since or until is first
+// sent those of the last engineEventsKept events in range, then (unless until
+// has passed) the live ones.
 type fakeEngine struct {
+	mu         sync.Mutex
 	containers []map[string]any
 	services   []map[string]any
 	serviceErr int // HTTP status for /services, 0 for success
 	serviceMsg string
 	delay      time.Duration
 	queries    chan string
+	clock      *fakeClock // the engine's clock, for until
+
+	log        []events.Message
+	subs       map[chan events.Message]bool
+	subscribed int           // subscriptions so far
+	hold       chan struct{} // while set and open, /events does not answer
+	broken     chan struct{} // closed to break every open stream
 }
 
 func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -34,11 +49,17 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("OK"))
 		return
 	}
+	if strings.HasSuffix(r.URL.Path, "/events") {
+		f.events(w, r)
+		return
+	}
 	select {
 	case <-time.After(f.delay):
 	case <-r.Context().Done():
 		return
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	switch {
 	case strings.HasSuffix(r.URL.Path, "/containers/json"):
 		json.NewEncoder(w).Encode(f.containers)
@@ -54,14 +75,149 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func newTracker(t *testing.T, f *fakeEngine) *Tracker {
+func (f *fakeEngine) events(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	hold := f.hold
+	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	since, until := parseStamp(r.FormValue("since")), parseStamp(r.FormValue("until"))
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.(http.Flusher).Flush()
+	enc := json.NewEncoder(w)
+
+	f.mu.Lock()
+	var replay []events.Message
+	if !since.IsZero() || !until.IsZero() {
+		kept := f.log[max(0, len(f.log)-engineEventsKept):]
+		for _, m := range kept {
+			at := time.Unix(0, m.TimeNano)
+			if at.Before(since) || (!until.IsZero() && at.After(until)) {
+				continue
+			}
+			replay = append(replay, m)
+		}
+	}
+	live := make(chan events.Message, 4096)
+	if f.subs == nil {
+		f.subs = map[chan events.Message]bool{}
+	}
+	f.subs[live] = true
+	f.subscribed++
+	if f.broken == nil {
+		f.broken = make(chan struct{})
+	}
+	broken := f.broken
+	var wait <-chan time.Time
+	if !until.IsZero() {
+		left := until.Sub(f.clock.Now())
+		if left <= 0 {
+			delete(f.subs, live)
+			f.mu.Unlock()
+			for _, m := range replay {
+				enc.Encode(m)
+			}
+			return
+		}
+		wait = time.After(left)
+	}
+	f.mu.Unlock()
+	defer func() { f.mu.Lock(); delete(f.subs, live); f.mu.Unlock() }()
+	for _, m := range replay {
+		enc.Encode(m)
+	}
+	w.(http.Flusher).Flush()
+	for {
+		select {
+		case m := <-live:
+			enc.Encode(m)
+			w.(http.Flusher).Flush()
+		case <-wait:
+			return
+		case <-broken:
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+// publish logs an event and sends it to every open stream.
+func (f *fakeEngine) publish(ms ...events.Message) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, m := range ms {
+		f.log = append(f.log, m)
+		for s := range f.subs {
+			s <- m
+		}
+	}
+}
+
+// breakStreams ends every open event stream, as a dockerd restart would.
+func (f *fakeEngine) breakStreams() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.broken != nil {
+		close(f.broken)
+	}
+	f.broken = make(chan struct{})
+}
+
+func (f *fakeEngine) setContainers(cs ...map[string]any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.containers = cs
+}
+
+func (f *fakeEngine) subscriptions() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.subscribed
+}
+
+func parseStamp(s string) time.Time {
+	if s == "" {
+		return time.Time{}
+	}
+	sec, nsec, _ := strings.Cut(s, ".")
+	a, _ := strconv.ParseInt(sec, 10, 64)
+	b, _ := strconv.ParseInt(nsec, 10, 64)
+	return time.Unix(a, b)
+}
+
+// fakeClock is the tracker's and the engine's clock in tests.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+
+func (c *fakeClock) Add(d time.Duration) { c.mu.Lock(); defer c.mu.Unlock(); c.t = c.t.Add(d) }
+
+// epoch is the tests' "now" when they start.
+var epoch = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+
+func newTracker(t testing.TB, f *fakeEngine) *Tracker {
 	t.Helper()
+	if f.clock == nil {
+		f.clock = &fakeClock{t: epoch}
+	}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	tr, err := New("tcp://"+strings.TrimPrefix(srv.URL, "http://"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	tr.now = f.clock.Now
+	tr.procs = procView{why: "tests see no host processes unless they build a /proc"}
 	t.Cleanup(func() { tr.Close() })
 	return tr
 }
