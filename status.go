@@ -121,7 +121,9 @@ func ownRuns(ctx context.Context, dockerHost string) plugin.RunsStatus {
 	}
 	defer tr.Close()
 	det := policy.Default().Detection
-	return plugin.DescribeState(tr.State(ctx, det), det)
+	rs := plugin.DescribeState(tr.State(ctx, det), det)
+	rs.HostProcesses = plugin.HostProcesses(tr.HostVisible())
+	return rs
 }
 
 func writeRuns(w io.Writer, st plugin.Status, fromPlugin bool, dockerHost string) {
@@ -132,6 +134,9 @@ func writeRuns(w io.Writer, st plugin.Status, fromPlugin bool, dockerHost string
 	fmt.Fprintf(w, "CI jobs (engine %s, %s):\n", audit.Redact(dockerHost), src)
 	if p := st.Policy; fromPlugin {
 		fmt.Fprintf(w, "  detectors: %s; teardown grace %s\n", strings.Join(p.Detectors, ", "), p.Grace)
+	}
+	if st.Runs.HostProcesses != "" {
+		fmt.Fprintf(w, "  host processes: %s\n", st.Runs.HostProcesses)
 	}
 	r := st.Runs
 	switch {

@@ -20,6 +20,9 @@ import (
 // is the real one. A state whose Err is set is unknown.
 type RunSource interface {
 	State(ctx context.Context, d rules.Detection) rules.RunState
+	// HostVisible reports whether host-process detectors can see the
+	// host's processes, and if not, why.
+	HostVisible() (bool, string)
 }
 
 // NameSource resolves the names requests carry; *resolve.Resolver is the

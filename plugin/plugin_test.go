@@ -37,6 +37,8 @@ func (f *fakeRuns) State(context.Context, rules.Detection) rules.RunState {
 	return rules.RunState{Active: f.runs, Err: f.err}
 }
 
+func (f *fakeRuns) HostVisible() (bool, string) { return true, "" }
+
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

@@ -58,6 +58,9 @@ type RunsStatus struct {
 	Unseen string `json:"unseen,omitempty"`
 	// Error is why the state is unknown, if it is.
 	Error string `json:"error,omitempty"`
+	// HostProcesses says whether host-process detectors can see the
+	// host's processes.
+	HostProcesses string `json:"host_processes"`
 }
 
 // DescribeState renders a run state for status, saying for each live job
@@ -91,7 +94,16 @@ func (g *Guard) Status(ctx context.Context, al *audit.Log) Status {
 	s := g.counters(al)
 	det := g.Config().Detection
 	s.Runs = DescribeState(g.runs.State(ctx, det), det)
+	s.Runs.HostProcesses = HostProcesses(g.runs.HostVisible())
 	return s
+}
+
+// HostProcesses words whether the host's processes are visible.
+func HostProcesses(visible bool, why string) string {
+	if visible {
+		return "visible: host-process detectors are active"
+	}
+	return "not visible (" + why + "): host-process detectors see nothing; a managed plugin needs pidhost"
 }
 
 // counters is Status without the run state, which costs an engine query.
