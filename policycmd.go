@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/rules"
 )
@@ -161,11 +162,8 @@ func explain(w io.Writer, c *rules.Classifier, r rules.Request, cfg *policy.Conf
 		}
 	}
 	fmt.Fprintf(w, "rule:      %s\n", rule)
-	decision := "allow"
-	switch {
-	case !d.Allow:
-		decision = "deny"
-	case d.Warned:
+	decision := string(audit.OutcomeOf(d))
+	if audit.OutcomeOf(d) == audit.WouldDeny {
 		decision = "allow (would-deny: warn)"
 	}
 	fmt.Fprintf(w, "decision:  %s\n", decision)

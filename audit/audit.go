@@ -7,6 +7,7 @@
 package audit
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -14,40 +15,67 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sirupsen/logrus"
+	"github.com/prune-guard/prune-guard/rules"
 )
 
-// Decision values of a record.
+// Outcome is what a decision did, as the audit log records it.
+type Outcome string
+
+// The three outcomes. Readers count nothing else as a decision.
 const (
-	Allowed   = "allow"
-	Denied    = "deny"
-	WouldDeny = "would-deny"
+	Allow     Outcome = "allow"
+	Deny      Outcome = "deny"
+	WouldDeny Outcome = "would-deny"
 )
 
-// Record is one audited decision.
-type Record struct {
-	Decision  string
-	Rule      string
-	Operation string
-	Method    string
-	URI       string
-	Target    string
-	User      string
-	Runs      []string
-	Reason    string
-	Doubt     string
-	Duration  time.Duration
-	// Policy is the short hash of the policy that decided.
-	Policy string
+// OutcomeOf is the one mapping from a policy decision to its outcome: a warn
+// rule allows the request and records that it would have denied it.
+func OutcomeOf(d rules.Decision) Outcome {
+	switch {
+	case !d.Allow:
+		return Deny
+	case d.Warned:
+		return WouldDeny
+	}
+	return Allow
 }
 
-// Log is an audit log. It is safe for concurrent use: logrus serializes
-// writers, and each record is written with a single Write call, so lines
+// Valid reports whether o is one of the three outcomes.
+func (o Outcome) Valid() bool { return o == Allow || o == Deny || o == WouldDeny }
+
+// Record is one audit line: the schema is defined here once, written by
+// Log.Write and read back by package auditlog, so a renamed field cannot
+// make the reader see empty values. Fields are declared in the order of
+// their JSON keys, which is the order lines have always had.
+type Record struct {
+	Decision Outcome `json:"decision"`
+	Doubt    string  `json:"doubt,omitempty"`
+	// DurationUS is how long the decision took, in microseconds.
+	DurationUS int64  `json:"duration_us,omitempty"`
+	Level      string `json:"level"`
+	Method     string `json:"method"`
+	Msg        string `json:"msg"`
+	Operation  string `json:"operation"`
+	// Policy is the short hash of the policy that decided.
+	Policy string   `json:"policy,omitempty"`
+	Reason string   `json:"reason"`
+	Rule   string   `json:"rule"`
+	Runs   []string `json:"runs"`
+	Target string   `json:"target,omitempty"`
+	// Time is when the line was written, RFC 3339 with nanoseconds; Write
+	// sets it, and Level and Msg.
+	Time string `json:"time"`
+	URI  string `json:"uri"`
+	User string `json:"user"`
+}
+
+// Log is an audit log. It is safe for concurrent use: writes are
+// serialized, and each record is written with a single Write call, so lines
 // never interleave.
 type Log struct {
-	l *logrus.Logger
-	c io.Closer
-	w *failWriter
+	mu sync.Mutex // serializes writes, so failWriter can find a record's offset
+	c  io.Closer
+	w  *failWriter
 }
 
 // Open opens the audit log at path for appending; "-" means standard
@@ -104,12 +132,7 @@ func secure(f *os.File, fi os.FileInfo, mode os.FileMode, gid int) error {
 
 // New writes records to w and closes c (if any) on Close.
 func New(w io.Writer, c io.Closer) *Log {
-	fw := &failWriter{w: w}
-	l := logrus.New()
-	l.SetOutput(fw)
-	l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
-	l.SetLevel(logrus.InfoLevel)
-	return &Log{l: l, c: c, w: fw}
+	return &Log{c: c, w: &failWriter{w: w}}
 }
 
 // OnError calls f (at most once a minute, with the count of failures so
@@ -120,51 +143,49 @@ func (lg *Log) OnError(f func(err error, failures int64)) { lg.w.setOnError(f) }
 // Failures counts records that could not be written.
 func (lg *Log) Failures() int64 { return lg.w.failures.Load() }
 
-// Write appends r to the log.
+// Write appends r to the log, redacted, with its time, level and message.
 func (lg *Log) Write(r Record) {
-	f := logrus.Fields{
-		"decision":  r.Decision,
-		"rule":      r.Rule,
-		"operation": r.Operation,
-		"method":    r.Method,
-		"uri":       Redact(r.URI),
-		"user":      r.User,
-		"runs":      redactAll(r.Runs),
-		"reason":    Redact(r.Reason),
-	}
-	if r.Target != "" {
-		f["target"] = Redact(r.Target)
-	}
-	if r.Doubt != "" {
-		f["doubt"] = Redact(r.Doubt)
-	}
-	if r.Policy != "" {
-		f["policy"] = r.Policy
-	}
-	if r.Duration > 0 {
-		f["duration_us"] = r.Duration.Microseconds()
-	}
-	e := lg.l.WithFields(f)
+	r.URI, r.Reason, r.Target, r.Doubt = Redact(r.URI), Redact(r.Reason), Redact(r.Target), Redact(r.Doubt)
+	r.Runs = redactAll(r.Runs)
+	r.Time = time.Now().Format(time.RFC3339Nano)
 	switch r.Decision {
-	case Denied:
-		e.Warn("request denied")
+	case Deny:
+		r.Level, r.Msg = "warning", "request denied"
 	case WouldDeny:
-		e.Warn("request allowed, but a warn rule would deny it")
+		r.Level, r.Msg = "warning", "request allowed, but a warn rule would deny it"
 	default:
-		e.Info("request allowed")
+		r.Level, r.Msg = "info", "request allowed"
 	}
+	lg.writeJSON(r)
 }
 
 // Event records something that is not a request decision (start, stop).
+// It carries no decision field, which is how readers tell it apart.
 func (lg *Log) Event(msg string, fields map[string]any) {
-	clean := make(logrus.Fields, len(fields))
+	line := make(map[string]any, len(fields)+3)
 	for k, v := range fields {
 		if s, ok := v.(string); ok {
 			v = Redact(s)
 		}
-		clean[k] = v
+		line[k] = v
 	}
-	lg.l.WithFields(clean).Info(msg)
+	line["level"], line["msg"], line["time"] = "info", msg, time.Now().Format(time.RFC3339Nano)
+	lg.writeJSON(line)
+}
+
+// writeJSON writes v as one line with a single Write call, so concurrent
+// lines never interleave.
+func (lg *Log) writeJSON(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Every value written here marshals; a failure is a bug, and is
+		// counted and reported like a failed write rather than lost.
+		lg.w.fail(fmt.Errorf("encode audit record: %w", err))
+		return
+	}
+	lg.mu.Lock()
+	defer lg.mu.Unlock()
+	_, _ = lg.w.Write(append(b, '\n'))
 }
 
 // Close closes the underlying file, if the log owns one.
@@ -185,7 +206,7 @@ func redactAll(ss []string) []string {
 
 // failWriter counts write failures and reports them, rate-limited. When it
 // writes to a regular file, a record cut short (a full disk) is truncated
-// away, so the next record never glues onto half a line. logrus serializes
+// away, so the next record never glues onto half a line. Log serializes
 // calls to Write, so the size read before a write is the record's offset.
 type failWriter struct {
 	w        io.Writer
@@ -220,21 +241,26 @@ func (fw *failWriter) Write(p []byte) (int, error) {
 				err = fmt.Errorf("%w; and removing the partial record failed: %v", err, terr)
 			}
 		}
-		failures := fw.failures.Add(1)
-		fw.mu.Lock()
-		f := fw.onError
-		report := f != nil && time.Since(fw.reported) >= time.Minute
-		if report {
-			fw.reported = time.Now()
-		}
-		fw.mu.Unlock()
-		if report {
-			f(err, failures)
-		}
-		// Tell logrus the record was written: it would otherwise print its
-		// own complaint for every record, and the failure is already
-		// counted and reported.
+		fw.fail(err)
+		// The failure is counted and reported; the caller has nothing
+		// more to do about it.
 		return len(p), nil
 	}
 	return n, nil
+}
+
+// fail counts a record that could not be written and reports it, at most
+// once a minute.
+func (fw *failWriter) fail(err error) {
+	failures := fw.failures.Add(1)
+	fw.mu.Lock()
+	f := fw.onError
+	report := f != nil && time.Since(fw.reported) >= time.Minute
+	if report {
+		fw.reported = time.Now()
+	}
+	fw.mu.Unlock()
+	if report {
+		f(err, failures)
+	}
 }

@@ -63,8 +63,8 @@ func TestLogFileIsOwnerOnlyAndLinesAreJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lg.Write(Record{Decision: Denied, Rule: "r", Operation: "image-prune-all", Method: "POST", URI: "/images/prune?token=s3cr3t", Runs: []string{"a"}})
-	lg.Write(Record{Decision: Allowed, Operation: "image-prune", Method: "POST", URI: "/images/prune"})
+	lg.Write(Record{Decision: Deny, Rule: "r", Operation: "image-prune-all", Method: "POST", URI: "/images/prune?token=s3cr3t", Runs: []string{"a"}})
+	lg.Write(Record{Decision: Allow, Operation: "image-prune", Method: "POST", URI: "/images/prune"})
 	if err := lg.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestWriteFailuresAreCountedAndReportedNotFatal(t *testing.T) {
 	var reports []int64
 	lg.OnError(func(err error, n int64) { reports = append(reports, n) })
 	for i := 0; i < 5; i++ {
-		lg.Write(Record{Decision: Denied})
+		lg.Write(Record{Decision: Deny})
 	}
 	if lg.Failures() != 5 {
 		t.Errorf("failures = %d, want 5", lg.Failures())

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/prune-guard/prune-guard/audit"
 )
 
 // Filter selects the lines a report shows and counts.
@@ -22,7 +24,7 @@ func (f Filter) Match(l *Line) bool {
 	if !f.Since.IsZero() && (l.Time.IsZero() || l.Time.Before(f.Since)) {
 		return false
 	}
-	if f.Denied && !(l.IsDecision && (l.Decision == Deny || l.Decision == WouldDeny)) {
+	if f.Denied && !(l.IsDecision && (l.Decision == audit.Deny || l.Decision == audit.WouldDeny)) {
 		return false
 	}
 	return true

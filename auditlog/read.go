@@ -9,13 +9,8 @@ import (
 	"fmt"
 	"io"
 	"time"
-)
 
-// Decision values, as the audit package writes them.
-const (
-	Allow     = "allow"
-	Deny      = "deny"
-	WouldDeny = "would-deny"
+	"github.com/prune-guard/prune-guard/audit"
 )
 
 // MaxLineBytes bounds one line. prune-guard's own lines stay far below it
@@ -25,49 +20,28 @@ const (
 const MaxLineBytes = 4 << 20
 
 // Line is one parsed audit line: a decision, or an event (a line without a
-// decision field, such as "prune-guard started" or "policy loaded"). An
-// event's own fields are in Raw.
+// decision field, such as "prune-guard started" or "policy loaded"). Its
+// fields are audit.Record's, the schema the writer uses; an event's own
+// fields are in Raw.
 type Line struct {
+	audit.Record
 	// Number is the line's 1-based position in the input.
 	Number int
 	// Raw is the line as read, without its line ending.
 	Raw []byte
-	// Time is the line's time; zero when it is missing or not RFC 3339.
+	// Time is the record's time parsed; zero when it is missing or not
+	// RFC 3339 (Record.Time holds the text).
 	Time time.Time
 	// IsDecision is set for lines that carry a decision field.
 	IsDecision bool
-	Decision   string
-	Level      string
-	Msg        string
-	Rule       string
-	Operation  string
-	Method     string
-	URI        string
-	Target     string
-	User       string
-	Runs       []string
-	Reason     string
-	Doubt      string
-	Policy     string
 }
 
-// wire is a line as encoding/json reads it. Decision is a pointer so that
-// "decision" present but empty still marks a decision line.
+// wire is a line as encoding/json reads it: the record, with the decision
+// as a pointer so that "decision" present but empty still marks a decision
+// line (and is then refused as unknown).
 type wire struct {
-	Time      string   `json:"time"`
-	Level     string   `json:"level"`
-	Msg       string   `json:"msg"`
-	Decision  *string  `json:"decision"`
-	Rule      string   `json:"rule"`
-	Operation string   `json:"operation"`
-	Method    string   `json:"method"`
-	URI       string   `json:"uri"`
-	Target    string   `json:"target"`
-	User      string   `json:"user"`
-	Runs      []string `json:"runs"`
-	Reason    string   `json:"reason"`
-	Doubt     string   `json:"doubt"`
-	Policy    string   `json:"policy"`
+	audit.Record
+	Decision *audit.Outcome `json:"decision"`
 }
 
 // Reader reads an audit log line by line. Input compressed with gzip (a
@@ -202,29 +176,12 @@ func (r *Reader) parse(raw []byte) bool {
 		return false
 	}
 	w := &r.w
-	l := Line{
-		Number:    r.number,
-		Raw:       raw,
-		Level:     w.Level,
-		Msg:       w.Msg,
-		Rule:      w.Rule,
-		Operation: w.Operation,
-		Method:    w.Method,
-		URI:       w.URI,
-		Target:    w.Target,
-		User:      w.User,
-		Runs:      w.Runs,
-		Reason:    w.Reason,
-		Doubt:     w.Doubt,
-		Policy:    w.Policy,
-	}
-	if t, err := time.Parse(time.RFC3339Nano, w.Time); err == nil {
+	l := Line{Record: w.Record, Number: r.number, Raw: raw}
+	if t, err := time.Parse(time.RFC3339Nano, w.Record.Time); err == nil {
 		l.Time = t
 	}
 	if w.Decision != nil {
-		switch *w.Decision {
-		case Allow, Deny, WouldDeny:
-		default:
+		if !w.Decision.Valid() {
 			// Counting an unknown decision as any of the three
 			// would misstate the summary.
 			return false

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -121,7 +122,7 @@ func TestReaderReadsWhatTheAuditPackageWrites(t *testing.T) {
 	var buf bytes.Buffer
 	lg := audit.New(&buf, nil)
 	lg.Event("prune-guard started", map[string]any{"source": "built-in default", "policy": "0123456789ab"})
-	lg.Write(audit.Record{Decision: audit.Denied, Rule: "no-delete-during-run", Operation: "image-delete",
+	lg.Write(audit.Record{Decision: audit.Deny, Rule: "no-delete-during-run", Operation: "image-delete",
 		Method: "DELETE", URI: "/v1.43/images/alpine", Target: "alpine", User: "ci",
 		Runs: []string{"prune-guard.run=7 (container c)"}, Reason: "blocked", Policy: "0123456789ab"})
 	lg.Write(audit.Record{Decision: audit.WouldDeny, Rule: "no-prune-all", Operation: "image-prune-all",
@@ -135,12 +136,12 @@ func TestReaderReadsWhatTheAuditPackageWrites(t *testing.T) {
 		t.Errorf("event = %+v", ev)
 	}
 	d := got[1]
-	if !d.IsDecision || d.Decision != Deny || d.Rule != "no-delete-during-run" || d.Operation != "image-delete" ||
+	if !d.IsDecision || d.Decision != audit.Deny || d.Rule != "no-delete-during-run" || d.Operation != "image-delete" ||
 		d.Method != "DELETE" || d.URI != "/v1.43/images/alpine" || d.Target != "alpine" || d.User != "ci" ||
 		len(d.Runs) != 1 || d.Policy != "0123456789ab" || d.Time.IsZero() {
 		t.Errorf("decision = %+v", d)
 	}
-	if w := got[2]; w.Decision != WouldDeny || w.Doubt != "a form body" {
+	if w := got[2]; w.Decision != audit.WouldDeny || w.Doubt != "a form body" {
 		t.Errorf("would-deny = %+v", w)
 	}
 }
@@ -187,4 +188,37 @@ func FuzzReport(f *testing.F) {
 		}
 		Replay(bytes.NewReader(in), io.Discard, p, ReplayOptions{JSON: true})
 	})
+}
+
+// TestEveryRecordFieldSurvivesTheRoundTrip fills every field of the one
+// schema by reflection, writes it with the audit package and reads it back,
+// so a field added or renamed on one side only cannot go unnoticed.
+func TestEveryRecordFieldSurvivesTheRoundTrip(t *testing.T) {
+	var want audit.Record
+	v := reflect.ValueOf(&want).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString("v-" + v.Type().Field(i).Name)
+		case reflect.Int64:
+			f.SetInt(int64(1000 + i))
+		case reflect.Slice:
+			f.Set(reflect.ValueOf([]string{"run-" + v.Type().Field(i).Name}))
+		default:
+			t.Fatalf("field %s has kind %s: extend this test", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+	want.Decision = audit.WouldDeny
+	var buf bytes.Buffer
+	audit.New(&buf, nil).Write(want)
+	got := readAll(t, NewReader(&buf))
+	if len(got) != 1 || !got[0].IsDecision {
+		t.Fatalf("read %+v from %s", got, buf.String())
+	}
+	// Write sets the time, level and message itself.
+	want.Time, want.Level, want.Msg = got[0].Record.Time, got[0].Level, got[0].Msg
+	if !reflect.DeepEqual(got[0].Record, want) {
+		t.Errorf("read back\n %+v\nwant\n %+v", got[0].Record, want)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -38,8 +39,8 @@ type Change struct {
 	// Operation is the request's operation as replayed.
 	Operation string
 	// Old is the recorded decision and rule; New is the replayed ones.
-	OldDecision, OldRule string
-	NewDecision, NewRule string
+	OldDecision, NewDecision audit.Outcome
+	OldRule, NewRule         string
 }
 
 // Replayed counts what a replay found.
@@ -114,14 +115,14 @@ func Replay(in io.Reader, out io.Writer, p *rules.Policy, o ReplayOptions) (*Rep
 		cl := reclassify(classifier, l)
 		d := rules.Evaluate(cl, p, recordedFacts(l))
 		c := Change{Line: l.Number, Time: l.Time, Method: l.Method, URI: l.URI, Operation: cl.Op.String(),
-			OldDecision: l.Decision, OldRule: l.Rule, NewDecision: decisionOf(d), NewRule: d.Rule}
+			OldDecision: l.Decision, OldRule: l.Rule, NewDecision: audit.OutcomeOf(d), NewRule: d.Rule}
 		if c.NewDecision == c.OldDecision {
 			if c.NewRule != c.OldRule {
 				res.RuleOnly++
 			}
 			continue
 		}
-		res.Changes[c.OldDecision+"->"+c.NewDecision]++
+		res.Changes[transition(c.OldDecision, c.NewDecision)]++
 		if o.JSON {
 			err = writeChangeJSON(bw, c)
 		} else {
@@ -204,30 +205,20 @@ func recordedFacts(l *Line) rules.Facts {
 	}
 }
 
-func decisionOf(d rules.Decision) string {
-	switch {
-	case !d.Allow:
-		return Deny
-	case d.Warned:
-		return WouldDeny
-	}
-	return Allow
-}
-
 // writeChange writes c as one readable line:
 //
 //	TIME  OLD -> NEW  OLD-RULE -> NEW-RULE  OPERATION  METHOD URI
 func writeChange(w io.Writer, c Change) error {
 	_, err := fmt.Fprintf(w, "%-20s %-24s %-44s %-16s %s %s  (line %d)\n", formatTime(c.Time),
-		c.OldDecision+" -> "+c.NewDecision,
+		string(c.OldDecision)+" -> "+string(c.NewDecision),
 		Printable(or(c.OldRule, "(no rule)"))+" -> "+Printable(or(c.NewRule, "(no rule)")),
 		Printable(or(c.Operation, "-")), Printable(c.Method), Printable(ReadableURI(c.URI)), c.Line)
 	return err
 }
 
 type jsonOutcome struct {
-	Decision string `json:"decision"`
-	Rule     string `json:"rule"`
+	Decision audit.Outcome `json:"decision"`
+	Rule     string        `json:"rule"`
 }
 
 func writeChangeJSON(w io.Writer, c Change) error {
@@ -268,10 +259,13 @@ func (r *Replayed) MarshalJSON() ([]byte, error) {
 // transitions orders the changes for people: what the new policy refuses
 // first, since that is what breaks someone's job.
 var transitions = []string{
-	Allow + "->" + Deny, WouldDeny + "->" + Deny,
-	Allow + "->" + WouldDeny,
-	Deny + "->" + Allow, Deny + "->" + WouldDeny, WouldDeny + "->" + Allow,
+	transition(audit.Allow, audit.Deny), transition(audit.WouldDeny, audit.Deny),
+	transition(audit.Allow, audit.WouldDeny),
+	transition(audit.Deny, audit.Allow), transition(audit.Deny, audit.WouldDeny), transition(audit.WouldDeny, audit.Allow),
 }
+
+// transition names a change of outcome, as Changes counts it.
+func transition(from, to audit.Outcome) string { return string(from) + "->" + string(to) }
 
 // WriteText writes the counts for people; policy names the new policy.
 func (r *Replayed) WriteText(w io.Writer, policy string) error {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prune-guard/prune-guard/audit"
 )
 
 const pruneAll = "/v1.43/images/prune?filters=%7B%22dangling%22%3A%7B%22false%22%3Atrue%7D%7D"
@@ -321,8 +323,8 @@ func TestReportTextEscapesWhatCouldDriveATerminal(t *testing.T) {
 func TestSummaryTablesHoldABoundedNumberOfKeys(t *testing.T) {
 	s := NewSummary(Filter{})
 	for i := range MaxKeys + 5 {
-		s.Add(&Line{IsDecision: true, Decision: Deny, Rule: "r", Operation: "image-delete", Method: "DELETE",
-			URI: fmt.Sprintf("/images/%d%s", i, strings.Repeat("x", 2*maxKeyBytes)), User: fmt.Sprint("user", i)})
+		s.Add(&Line{IsDecision: true, Record: audit.Record{Decision: audit.Deny, Rule: "r", Operation: "image-delete", Method: "DELETE",
+			URI: fmt.Sprintf("/images/%d%s", i, strings.Repeat("x", 2*maxKeyBytes)), User: fmt.Sprint("user", i)}})
 	}
 	users := rowsOf(s.ByUser())
 	if len(users) != MaxKeys+1 || users[Other].Deny != 5 {

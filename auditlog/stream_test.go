@@ -5,6 +5,8 @@ import (
 	"io"
 	"runtime"
 	"testing"
+
+	"github.com/prune-guard/prune-guard/audit"
 )
 
 // generatedLog produces an audit log of n decision lines on demand, so the
@@ -72,7 +74,7 @@ func TestLargeLogsAreStreamedInBoundedMemory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Decisions != lines || r.Changes[Deny+"->"+Allow] != lines/3 {
+		if r.Decisions != lines || r.Changes[transition(audit.Deny, audit.Allow)] != lines/3 {
 			t.Errorf("Decisions=%d changes=%v, want %d and %d deny->allow", r.Decisions, r.Changes, lines, lines/3)
 		}
 		checkBounded(t, g)

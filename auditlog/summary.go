@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/prune-guard/prune-guard/audit"
 )
 
 // Counts are decisions by outcome.
@@ -17,13 +19,13 @@ type Counts struct {
 	WouldDeny int64 `json:"would-deny"`
 }
 
-func (c *Counts) add(decision string) {
+func (c *Counts) add(decision audit.Outcome) {
 	switch decision {
-	case Allow:
+	case audit.Allow:
 		c.Allow++
-	case Deny:
+	case audit.Deny:
 		c.Deny++
-	case WouldDeny:
+	case audit.WouldDeny:
 		c.WouldDeny++
 	}
 }
@@ -54,7 +56,7 @@ type table struct {
 	full   bool
 }
 
-func (t *table) add(key, decision string) {
+func (t *table) add(key string, decision audit.Outcome) {
 	if t.counts == nil {
 		t.counts = make(map[string]*Counts)
 	}
@@ -167,7 +169,7 @@ func (s *Summary) Add(l *Line) {
 	s.rules.add(l.Rule, l.Decision)
 	s.operations.add(l.Operation, l.Decision)
 	s.users.add(l.User, l.Decision)
-	if l.Decision == Deny || l.Decision == WouldDeny {
+	if l.Decision == audit.Deny || l.Decision == audit.WouldDeny {
 		s.commands.add(l.Method+" "+ReadableURI(l.URI), l.Decision)
 	}
 }

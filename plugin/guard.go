@@ -75,8 +75,8 @@ func (g *Guard) AuthZReq(ctx context.Context, req authorization.Request) (resp a
 			g.log.WithFields(logrus.Fields{"panic": fmt.Sprint(p), "stack": string(debug.Stack())}).
 				Error("panic while deciding a request; refused it")
 			msg := "prune-guard: request refused because prune-guard failed while deciding it (see the plugin's log); retry, and report the log if it persists"
-			g.stats.count(audit.Denied, internalErrorRule, time.Since(start))
-			g.audit.Write(audit.Record{Decision: audit.Denied, Rule: internalErrorRule, Operation: rules.OpUnknown.String(),
+			g.stats.count(audit.Deny, internalErrorRule, time.Since(start))
+			g.audit.Write(audit.Record{Decision: audit.Deny, Rule: internalErrorRule, Operation: rules.OpUnknown.String(),
 				Method: req.RequestMethod, URI: req.RequestURI, User: req.User, Reason: msg})
 			resp = authorization.Response{Allow: false, Msg: msg}
 		}
@@ -92,16 +92,17 @@ func (g *Guard) AuthZReq(ctx context.Context, req authorization.Request) (resp a
 	if c.Op == rules.OpOther {
 		g.stats.allowRead()
 		if cfg.Audit == policy.AuditAll {
-			g.audit.Write(audit.Record{Decision: audit.Allowed, Operation: c.Op.String(), Method: req.RequestMethod,
+			g.audit.Write(audit.Record{Decision: audit.Allow, Operation: c.Op.String(), Method: req.RequestMethod,
 				URI: req.RequestURI, User: req.User, Reason: "not destructive", Policy: cfg.ShortHash()})
 		}
 		return authorization.Response{Allow: true}
 	}
 
 	d := rules.Evaluate(c, cfg.Policy, &facts{ctx: ctx, g: g, cfg: cfg})
-	r := record(req, c, d, time.Since(start))
+	took := time.Since(start)
+	r := record(req, c, d, took)
 	r.Policy = cfg.ShortHash()
-	g.stats.count(r.Decision, d.Rule, r.Duration)
+	g.stats.count(r.Decision, d.Rule, took)
 	if c.Op.Destructive() || !d.Allow || d.Warned || cfg.Audit == policy.AuditAll {
 		g.audit.Write(r)
 	}
@@ -193,22 +194,16 @@ func (f *facts) PluginProtected(name string) rules.Check {
 
 func record(req authorization.Request, c rules.Classification, d rules.Decision, took time.Duration) audit.Record {
 	r := audit.Record{
-		Decision:  audit.Allowed,
-		Rule:      d.Rule,
-		Operation: c.Op.String(),
-		Method:    req.RequestMethod,
-		URI:       req.RequestURI,
-		Target:    c.Target,
-		User:      req.User,
-		Doubt:     c.Doubt,
-		Duration:  took,
-		Reason:    d.Message,
-	}
-	switch {
-	case !d.Allow:
-		r.Decision = audit.Denied
-	case d.Warned:
-		r.Decision = audit.WouldDeny
+		Decision:   audit.OutcomeOf(d),
+		Rule:       d.Rule,
+		Operation:  c.Op.String(),
+		Method:     req.RequestMethod,
+		URI:        req.RequestURI,
+		Target:     c.Target,
+		User:       req.User,
+		Doubt:      c.Doubt,
+		DurationUS: took.Microseconds(),
+		Reason:     d.Message,
 	}
 	if r.Reason == "" {
 		r.Reason = "no rule matched"

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prune-guard/prune-guard/audit"
 )
 
 // Stats counts decisions since start. Reads, the bulk of all traffic, cost
@@ -17,7 +19,7 @@ type Stats struct {
 	rejections   atomic.Int64
 
 	mu     sync.Mutex
-	byRule map[string]map[string]int64 // rule -> decision -> count
+	byRule map[string]map[string]int64 // rule -> outcome -> count
 	// latency of destructive decisions, in microseconds, by bucket bound
 	latency [numLatencyBuckets + 1]int64
 	latSum  time.Duration
@@ -45,7 +47,7 @@ func (s *Stats) PolicyLoaded() { s.reloads.Add(1) }
 // PolicyRejected counts a policy file that did not load.
 func (s *Stats) PolicyRejected() { s.rejections.Add(1) }
 
-func (s *Stats) count(decision, rule string, took time.Duration) {
+func (s *Stats) count(decision audit.Outcome, rule string, took time.Duration) {
 	if rule == "" {
 		rule = "(none)"
 	}
@@ -57,7 +59,7 @@ func (s *Stats) count(decision, rule string, took time.Duration) {
 		m = map[string]int64{}
 		s.byRule[rule] = m
 	}
-	m[decision]++
+	m[string(decision)]++
 	s.latency[i]++
 	s.latSum += took
 	s.latN++
