@@ -242,3 +242,17 @@ func TestClassifyReadsTheLabelScopeAsTheDaemonFiltersIt(t *testing.T) {
 		})
 	}
 }
+
+func TestEveryGuardedRouteGetsPastTheFragmentFilter(t *testing.T) {
+	// A concrete path for each template, bare and versioned: if the filter
+	// turned one away, its request would be allowed without reaching the
+	// router.
+	for _, r := range guardedRoutes {
+		concrete := strings.NewReplacer("{name:.*}", "x/y:z").Replace(r.path)
+		for _, p := range []string{concrete, "/v1.41" + concrete} {
+			if !mayBeGuarded(p) {
+				t.Errorf("%s %s (template %s) does not pass the fragment filter %q", r.method, p, r.path, guardedFragments)
+			}
+		}
+	}
+}

@@ -13,4 +13,25 @@
 // This package must never do I/O, keep global mutable state, or panic on
 // input. Facts that need the engine (which CI runs are active) are supplied
 // by the caller through the Facts interface, and only when a rule asks.
+//
+// # Adding a guarded operation
+//
+// Read the handler at every daemon tag users run first (the parameters it
+// reads, and how), then:
+//
+//  1. operation.go: the Operation constant and its row in operations (its
+//     name, its words, destructive, prune group, teardown grace, label
+//     scope). Policy names, the any-prune group and the audit name follow.
+//  2. routes.go: the daemon's route template in guardedRoutes, with a
+//     routeKind if the handler is new. The fragment filter is derived from
+//     the templates, so nothing else there needs to change.
+//  3. classify.go: the kind's case in Classify, reading the parameters as
+//     the handler does, and its worst reading when in doubt.
+//  4. policy.go: a default rule, if the built-in policy should refuse it.
+//
+// Then the tests: rows in classify_test.go, the handler in the reference
+// daemon (reference_test.go: refRoutes and daemonModel) with seeds in
+// reference_seeds_test.go, and a case in e2e/adversarial_test.go judged by
+// a real engine's state; and the docs: docs/policy.md's operations table,
+// and docs/threat-model.md if the plugin cannot see all of what it does.
 package rules

@@ -3,6 +3,7 @@ package rules
 import (
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/gorilla/mux"
@@ -62,10 +63,35 @@ var guardedRoutes = []struct {
 	{"POST", "/grpc", kindBuildKitStream},
 }
 
-// guardedFragments holds a literal piece of every guarded template. A decoded
-// path that contains none of them cannot match any guarded route, which lets
-// the common POSTs (create, start, exec, ...) skip the router entirely.
-var guardedFragments = []string{"/images/", "/prune", "/plugins/", "/session", "/grpc"}
+// guardedFragments holds the literal prefix of every guarded template,
+// derived from guardedRoutes so that a new route can never be forgotten
+// here. A path a template matches contains the template's literal prefix (a
+// version prefix only comes before it), so a decoded path that contains none
+// of them cannot match any guarded route, which lets the common POSTs
+// (create, start, exec, ...) skip the router entirely.
+var guardedFragments = fragments()
+
+// fragments returns the literal prefix of each guarded template (the text
+// before its first variable), leaving out one that contains another: the
+// shorter one already lets every such path through.
+func fragments() []string {
+	var prefixes []string
+	for _, r := range guardedRoutes {
+		p, _, _ := strings.Cut(r.path, "{")
+		prefixes = append(prefixes, p)
+	}
+	var out []string
+	for _, p := range prefixes {
+		covered := false
+		for _, q := range prefixes {
+			covered = covered || (q != p && strings.Contains(p, q))
+		}
+		if !covered && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
 
 func mayBeGuarded(path string) bool {
 	for _, f := range guardedFragments {
