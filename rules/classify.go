@@ -64,20 +64,14 @@ func (c *Classifier) Classify(r Request) Classification {
 	// Every guarded route is a POST or a DELETE, and mux matches methods
 	// exactly, so reads (the bulk of all traffic) stop here without
 	// allocating.
-	switch r.Method {
-	case http.MethodPost, http.MethodDelete:
-	case "":
+	switch {
+	case r.Method == "":
 		return Classification{Op: OpUnknown, Doubt: "the plugin call carried no request method"}
-	default:
-		if r.URI == "" {
-			return Classification{Op: OpUnknown, Doubt: "the plugin call carried no request URI"}
-		}
+	case r.URI == "":
+		return Classification{Op: OpUnknown, Doubt: "the plugin call carried no request URI"}
+	case r.Method != http.MethodPost && r.Method != http.MethodDelete:
 		return Classification{}
 	}
-	if r.URI == "" {
-		return Classification{Op: OpUnknown, Doubt: "the plugin call carried no request URI"}
-	}
-
 	// Go's server builds r.URL with ParseRequestURI (net/http, readRequest).
 	// A target it rejects never reaches dockerd's handlers, so a plugin call
 	// carrying one did not come from dockerd: refuse to guess.
@@ -85,49 +79,61 @@ func (c *Classifier) Classify(r Request) Classification {
 	if err != nil {
 		return Classification{Op: OpUnknown, Doubt: "the request URI does not parse: " + err.Error()}
 	}
-	if !mayBeGuarded(u.Path) {
-		return Classification{}
-	}
-	// dockerd's mux redirects unclean paths (//x, /a/../x) and runs nothing.
-	if cleanPath(u.Path) != u.Path {
-		return Classification{}
-	}
-	var m mux.RouteMatch
-	if !c.router.Match(&http.Request{Method: r.Method, URL: u}, &m) || m.MatchErr != nil {
-		return Classification{}
-	}
-	kind, ok := m.Handler.(routeKind)
+	kind, vars, ok := c.route(r.Method, u)
 	if !ok {
+		return Classification{}
+	}
+	if kind == 0 {
 		return Classification{Op: OpUnknown, Doubt: "internal: route without a kind"}
 	}
-	cl := Classification{APIVersion: m.Vars["version"]}
+	cl := Classification{APIVersion: vars["version"]}
 	form := parseForm(u.RawQuery)
-
 	switch kind {
 	case kindImageDelete:
 		cl.Op = OpImageDelete
-		cl.Target = m.Vars["name"]
+		cl.Target = vars["name"]
 		// DELETE bodies are never form-parsed (net/http ParseForm reads
 		// bodies of POST, PUT and PATCH only).
 		cl.Force = boolValue(form.values.Get("force"))
-		return cl
 	case kindPluginNamed:
-		cl.Op, cl.Target = OpPluginChange, m.Vars["name"]
-		return cl
+		cl.Op, cl.Target = OpPluginChange, vars["name"]
 	case kindPluginQuery:
 		cl.Op, cl.Target = OpPluginChange, form.values.Get("name")
-		return cl
 	case kindBuildKitStream:
 		cl.Op = OpBuildKitStream
-		return cl
+	default:
+		classifyPrune(&cl, kind, r, form)
 	}
+	return cl
+}
 
-	// The remaining routes are prunes whose parameters decide how much they
-	// remove. First establish that the query is all the daemon reads.
+// route returns the guarded route dockerd's router would run for a POST or
+// DELETE of u, and its path variables; ok is false when no guarded route
+// would run. kind is 0 for a route registered without one (a bug).
+func (c *Classifier) route(method string, u *url.URL) (kind routeKind, vars map[string]string, ok bool) {
+	if !mayBeGuarded(u.Path) {
+		return 0, nil, false
+	}
+	// dockerd's mux redirects unclean paths (//x, /a/../x) and runs nothing.
+	if cleanPath(u.Path) != u.Path {
+		return 0, nil, false
+	}
+	var m mux.RouteMatch
+	if !c.router.Match(&http.Request{Method: method, URL: u}, &m) || m.MatchErr != nil {
+		return 0, nil, false
+	}
+	kind, _ = m.Handler.(routeKind)
+	return kind, m.Vars, true
+}
+
+// classifyPrune reads a prune route's parameters, which decide how much it
+// removes and which objects it may touch. What the daemon may read from a
+// place the plugin cannot see makes the reading the worst one, unscoped.
+func classifyPrune(cl *Classification, kind routeKind, r Request, form form) {
 	worst := worstReading(kind)
 	if why := hiddenForm(r); why != "" {
 		cl.Op, cl.Doubt = worst, why
-		return cl
+		return
 	}
 	if form.err != nil {
 		// A query that does not parse cleanly is read differently by
@@ -135,15 +141,14 @@ func (c *Classifier) Classify(r Request) Classification {
 		// separated pairs, since Go 1.26 more than 10000 pairs are refused
 		// whole. The plugin cannot know which reading is live.
 		cl.Op, cl.Doubt = worst, "the query does not parse cleanly ("+form.err.Error()+"), and daemons built with other Go versions read it differently"
-		return cl
+		return
 	}
-
 	// Every prune handler parses filters first and rejects the request
 	// when they do not parse.
 	f, err := parseFilters(form.values.Get("filters"))
 	if err != nil {
 		cl.Op, cl.Doubt = worst, "the filters parameter is not valid filter JSON"
-		return cl
+		return
 	}
 	if kind != kindBuildPrune {
 		// moby builder-next's Prune ignores label filters ("TODO: handle
@@ -166,21 +171,25 @@ func (c *Classifier) Classify(r Request) Classification {
 			cl.Op = OpBuildPruneAll
 		}
 	case kindVolumePrune:
-		cl.Op = OpVolumePrune
-		switch {
-		case cl.APIVersion == "":
-			// A bare path gets the daemon's own maximum API version, which
-			// is below 1.42 on daemons before 23.0.
-			cl.Op, cl.Doubt = OpVolumePruneAll, "a bare /volumes/prune path gets the daemon's default API version, which prunes named volumes on daemons before 23.0"
-		case versionLess(cl.APIVersion, "1.42"):
-			// moby api/server/router/volume: the route itself adds all=true
-			// for API < 1.42 (and daemons before 23.0 only serve those).
-			cl.Op = OpVolumePruneAll
-		case pruneAllVolumes(f):
-			cl.Op = OpVolumePruneAll
-		}
+		cl.Op, cl.Doubt = volumePrune(cl.APIVersion, f)
 	}
-	return cl
+}
+
+// volumePrune reads a volume prune: whether it removes named volumes.
+func volumePrune(apiVersion string, f filterArgs) (Operation, string) {
+	switch {
+	case apiVersion == "":
+		// A bare path gets the daemon's own maximum API version, which
+		// is below 1.42 on daemons before 23.0.
+		return OpVolumePruneAll, "a bare /volumes/prune path gets the daemon's default API version, which prunes named volumes on daemons before 23.0"
+	case versionLess(apiVersion, "1.42"):
+		// moby api/server/router/volume: the route itself adds all=true
+		// for API < 1.42 (and daemons before 23.0 only serve those).
+		return OpVolumePruneAll, ""
+	case pruneAllVolumes(f):
+		return OpVolumePruneAll, ""
+	}
+	return OpVolumePrune, ""
 }
 
 // worstReading is the most destructive operation a prune route's parameters
