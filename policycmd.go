@@ -1,11 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -181,141 +183,157 @@ func dockerRequests(args []string, apiVersion string) ([]rules.Request, error) {
 	if len(args) == 0 {
 		return nil, errors.New("explain: empty docker command line")
 	}
-	v := "/v" + apiVersion
-	var flags struct{ all, volumes bool }
-	var names []string
-	var filters []string
-	cmd := args
-	// The command words come first ("rmi" is one, "image prune" two);
-	// everything after them is flags or names.
-	words := min(2, len(cmd))
-	if cmd[0] == "rmi" || (len(cmd) > 1 && strings.HasPrefix(cmd[1], "-")) {
+	cl := parseCommandLine(args)
+	send, ok := cliRequests[cl.command]
+	if !ok {
+		return nil, fmt.Errorf("explain: %q is not a docker command explain knows (image/system/container/network/volume/builder prune, rmi, image rm, plugin disable/rm/set/upgrade/enable); give METHOD URI instead", strings.Join(args, " "))
+	}
+	return send(cl, "/v"+apiVersion)
+}
+
+// commandLine is a docker command line as explain reads it.
+type commandLine struct {
+	command      string // "image prune", "rmi"
+	action       string // the second command word ("disable" of "plugin disable")
+	all, volumes bool
+	filters      []string // --filter values, KEY=VALUE
+	names        []string
+}
+
+// parseCommandLine splits the command words ("rmi" is one, "image prune"
+// two) from the flags and names after them.
+func parseCommandLine(args []string) commandLine {
+	words := min(2, len(args))
+	if args[0] == "rmi" || (len(args) > 1 && strings.HasPrefix(args[1], "-")) {
 		words = 1
 	}
-	rest := cmd[words:]
+	cl := commandLine{command: strings.Join(args[:words], " ")}
+	if words == 2 {
+		cl.action = args[1]
+	}
+	rest := args[words:]
 	for i := 0; i < len(rest); i++ {
 		a := rest[i]
 		switch {
 		case a == "-a" || a == "--all":
-			flags.all = true
+			cl.all = true
 		case a == "--volumes":
-			flags.volumes = true
+			cl.volumes = true
 		case a == "-f" || a == "--force":
 		case a == "--filter":
 			if i+1 < len(rest) {
-				filters = append(filters, rest[i+1])
+				cl.filters = append(cl.filters, rest[i+1])
 				i++
 			}
 		case strings.HasPrefix(a, "--filter="):
-			filters = append(filters, strings.TrimPrefix(a, "--filter="))
+			cl.filters = append(cl.filters, strings.TrimPrefix(a, "--filter="))
 		case strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && len(a) > 2:
 			// Combined short flags such as -af.
-			flags.all = flags.all || strings.Contains(a, "a")
+			cl.all = cl.all || strings.Contains(a, "a")
 		case strings.HasPrefix(a, "-"):
 		default:
-			names = append(names, a)
+			cl.names = append(cl.names, a)
 		}
 	}
-	prune := func(path string, extra map[string]bool) rules.Request {
-		f := map[string]map[string]bool{}
-		for _, kv := range filters {
-			k, val, _ := strings.Cut(kv, "=")
-			if f[k] == nil {
-				f[k] = map[string]bool{}
-			}
-			f[k][val] = true
-		}
-		for k, on := range extra {
-			if on {
-				k, val, _ := strings.Cut(k, "=")
-				if f[k] == nil {
-					f[k] = map[string]bool{}
-				}
-				f[k][val] = true
-			}
-		}
-		uri := v + path
-		if len(f) > 0 {
-			uri += "?filters=" + url.QueryEscape(jsonFilters(f))
-		}
-		return rules.Request{Method: "POST", URI: uri, Headers: map[string]string{"Content-Type": "text/plain", "Content-Length": "0"}}
-	}
-	imagePrune := func() rules.Request {
-		return prune("/images/prune", map[string]bool{"dangling=false": flags.all, "dangling=true": !flags.all})
-	}
-	buildPrune := func() rules.Request {
-		r := rules.Request{Method: "POST", URI: v + "/build/prune", Headers: map[string]string{"Content-Type": "text/plain", "Content-Length": "0"}}
-		if flags.all {
-			r.URI += "?all=1"
-		}
-		return r
-	}
-	switch strings.Join(cmd[:words], " ") {
-	case "image prune":
-		return []rules.Request{imagePrune()}, nil
-	case "system prune":
-		reqs := []rules.Request{prune("/containers/prune", nil), prune("/networks/prune", nil)}
-		if flags.volumes {
-			reqs = append(reqs, prune("/volumes/prune", map[string]bool{"all=true": flags.all}))
-		}
-		return append(reqs, imagePrune(), buildPrune()), nil
-	case "container prune":
-		return []rules.Request{prune("/containers/prune", nil)}, nil
-	case "network prune":
-		return []rules.Request{prune("/networks/prune", nil)}, nil
-	case "volume prune":
-		return []rules.Request{prune("/volumes/prune", map[string]bool{"all=true": flags.all})}, nil
-	case "builder prune", "buildx prune":
-		return []rules.Request{buildPrune()}, nil
-	case "rmi", "image rm", "image remove":
-		if len(names) == 0 {
-			return nil, errors.New("explain: rmi needs an image name")
-		}
-		var reqs []rules.Request
-		for _, n := range names {
-			reqs = append(reqs, rules.Request{Method: "DELETE", URI: v + "/images/" + n})
-		}
-		return reqs, nil
-	case "plugin disable", "plugin rm", "plugin remove", "plugin set", "plugin upgrade", "plugin enable":
-		if len(names) == 0 {
-			return nil, errors.New("explain: the plugin command needs a plugin name")
-		}
-		action := cmd[1]
-		if action == "rm" || action == "remove" {
-			return []rules.Request{{Method: "DELETE", URI: v + "/plugins/" + names[0]}}, nil
-		}
-		return []rules.Request{{Method: "POST", URI: v + "/plugins/" + names[0] + "/" + action}}, nil
-	}
-	return nil, fmt.Errorf("explain: %q is not a docker command explain knows (image/system/container/network/volume/builder prune, rmi, image rm, plugin disable/rm/set/upgrade/enable); give METHOD URI instead", strings.Join(args, " "))
+	return cl
 }
 
-// jsonFilters renders filters in the map form the CLI sends, keys sorted so
-// explanations are stable.
-func jsonFilters(f map[string]map[string]bool) string {
-	var b strings.Builder
-	b.WriteByte('{')
-	for i, k := range sortedKeys(f) {
-		if i > 0 {
-			b.WriteByte(',')
+// cliRequests is what the docker CLI sends for each command explain knows
+// (docker/cli cli/command/*/prune.go, system/prune.go, image/remove.go).
+var cliRequests = map[string]func(cl commandLine, v string) ([]rules.Request, error){
+	"image prune":     one(imagePrune),
+	"container prune": one(func(cl commandLine, v string) rules.Request { return cl.prune(v+"/containers/prune", "") }),
+	"network prune":   one(func(cl commandLine, v string) rules.Request { return cl.prune(v+"/networks/prune", "") }),
+	"volume prune":    one(volumePrune),
+	"builder prune":   one(buildPrune),
+	"buildx prune":    one(buildPrune),
+	"system prune": func(cl commandLine, v string) ([]rules.Request, error) {
+		reqs := []rules.Request{cl.prune(v+"/containers/prune", ""), cl.prune(v+"/networks/prune", "")}
+		if cl.volumes {
+			reqs = append(reqs, volumePrune(cl, v))
 		}
-		fmt.Fprintf(&b, "%q:{", k)
-		for j, v := range sortedKeys(f[k]) {
-			if j > 0 {
-				b.WriteByte(',')
-			}
-			fmt.Fprintf(&b, "%q:true", v)
-		}
-		b.WriteByte('}')
-	}
-	b.WriteByte('}')
-	return b.String()
+		return append(reqs, imagePrune(cl, v), buildPrune(cl, v)), nil
+	},
+	"rmi":            imageRemove,
+	"image rm":       imageRemove,
+	"image remove":   imageRemove,
+	"plugin disable": pluginChange,
+	"plugin rm":      pluginChange,
+	"plugin remove":  pluginChange,
+	"plugin set":     pluginChange,
+	"plugin upgrade": pluginChange,
+	"plugin enable":  pluginChange,
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+func one(f func(commandLine, string) rules.Request) func(commandLine, string) ([]rules.Request, error) {
+	return func(cl commandLine, v string) ([]rules.Request, error) { return []rules.Request{f(cl, v)}, nil }
+}
+
+// cliHeaders are the headers the CLI sends with a prune: no body.
+func cliHeaders() map[string]string {
+	return map[string]string{"Content-Type": "text/plain", "Content-Length": "0"}
+}
+
+func imagePrune(cl commandLine, v string) rules.Request {
+	return cl.prune(v+"/images/prune", "dangling="+strconv.FormatBool(!cl.all))
+}
+
+func volumePrune(cl commandLine, v string) rules.Request {
+	extra := ""
+	if cl.all {
+		extra = "all=true"
 	}
-	slices.Sort(keys)
-	return keys
+	return cl.prune(v+"/volumes/prune", extra)
+}
+
+func buildPrune(cl commandLine, v string) rules.Request {
+	r := rules.Request{Method: "POST", URI: v + "/build/prune", Headers: cliHeaders()}
+	if cl.all {
+		r.URI += "?all=1"
+	}
+	return r
+}
+
+func imageRemove(cl commandLine, v string) ([]rules.Request, error) {
+	if len(cl.names) == 0 {
+		return nil, errors.New("explain: rmi needs an image name")
+	}
+	reqs := make([]rules.Request, 0, len(cl.names))
+	for _, n := range cl.names {
+		reqs = append(reqs, rules.Request{Method: "DELETE", URI: v + "/images/" + n})
+	}
+	return reqs, nil
+}
+
+func pluginChange(cl commandLine, v string) ([]rules.Request, error) {
+	if len(cl.names) == 0 {
+		return nil, errors.New("explain: the plugin command needs a plugin name")
+	}
+	if cl.action == "rm" || cl.action == "remove" {
+		return []rules.Request{{Method: "DELETE", URI: v + "/plugins/" + cl.names[0]}}, nil
+	}
+	return []rules.Request{{Method: "POST", URI: v + "/plugins/" + cl.names[0] + "/" + cl.action}}, nil
+}
+
+// prune is the CLI's prune request: the --filter values and extra (a
+// KEY=VALUE the command adds, or "") in the filters' map form.
+func (cl commandLine) prune(path, extra string) rules.Request {
+	f := map[string]map[string]bool{}
+	for _, kv := range append(slices.Clip(cl.filters), extra) {
+		if kv == "" {
+			continue
+		}
+		k, val, _ := strings.Cut(kv, "=")
+		if f[k] == nil {
+			f[k] = map[string]bool{}
+		}
+		f[k][val] = true
+	}
+	uri := path
+	if len(f) > 0 {
+		// encoding/json sorts map keys, so explanations are stable.
+		b, _ := json.Marshal(f) // a map of strings always marshals
+		uri += "?filters=" + url.QueryEscape(string(b))
+	}
+	return rules.Request{Method: "POST", URI: uri, Headers: cliHeaders()}
 }
