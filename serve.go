@@ -235,12 +235,12 @@ func runServe(ctx context.Context, o serveOptions) error {
 			return err
 		}
 		go func() {
-			if err := plugin.Serve(ctx, ml, plugin.MetricsHandler(g, al), plugin.ServeOptions{Drain: time.Second}); err != nil {
+			if err := plugin.Serve(ctx, ml, plugin.MetricsHandler(g), plugin.ServeOptions{Drain: time.Second}); err != nil {
 				log.WithError(err).Error("metrics listener stopped")
 			}
 		}()
 	}
-	err = plugin.Serve(ctx, l, plugin.Handler(g, al), plugin.ServeOptions{Drain: 10 * time.Second, ConnPerCall: o.connPerCall})
+	err = plugin.Serve(ctx, l, plugin.Handler(g), plugin.ServeOptions{Drain: 10 * time.Second, ConnPerCall: o.connPerCall})
 	al.Event("prune-guard stopped", nil)
 	return err
 }

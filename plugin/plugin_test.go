@@ -133,7 +133,7 @@ const pruneAllURI = "/v1.41/images/prune?filters=%7B%22dangling%22%3A%7B%22false
 func TestActivateAnnouncesAuthz(t *testing.T) {
 	g, _ := newTestGuard(&fakeRuns{})
 	rec := httptest.NewRecorder()
-	Handler(g, audit.New(&bytes.Buffer{}, nil)).ServeHTTP(rec, httptest.NewRequest("POST", "/Plugin.Activate", nil))
+	Handler(g).ServeHTTP(rec, httptest.NewRequest("POST", "/Plugin.Activate", nil))
 	if got := strings.TrimSpace(rec.Body.String()); got != `{"Implements":["authz"]}` {
 		t.Errorf("Activate = %s", got)
 	}
@@ -141,7 +141,7 @@ func TestActivateAnnouncesAuthz(t *testing.T) {
 
 func TestMalformedCallsAreDeniedWithAReason(t *testing.T) {
 	g, _ := newTestGuard(&fakeRuns{})
-	h := Handler(g, audit.New(&bytes.Buffer{}, nil))
+	h := Handler(g)
 	for name, body := range map[string][]byte{
 		"empty body":          nil,
 		"not JSON":            []byte("DELETE /images/x"),
@@ -165,7 +165,7 @@ func TestMalformedCallsAreDeniedWithAReason(t *testing.T) {
 func TestBogusPeerCertificateDoesNotCrash(t *testing.T) {
 	g, _ := newTestGuard(&fakeRuns{})
 	body := []byte(`{"RequestMethod":"GET","RequestUri":"/_ping","RequestPeerCertificates":["bm90IGEgY2VydA=="]}`)
-	if resp := post(t, Handler(g, audit.New(&bytes.Buffer{}, nil)), "/AuthZPlugin.AuthZReq", body); !resp.Allow {
+	if resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", body); !resp.Allow {
 		t.Errorf("a read with a bogus certificate should pass: %+v", resp)
 	}
 }
@@ -173,7 +173,7 @@ func TestBogusPeerCertificateDoesNotCrash(t *testing.T) {
 func TestReadsPassWithoutEngineQueryOrAudit(t *testing.T) {
 	runs := &fakeRuns{err: errors.New("engine down")}
 	g, buf := newTestGuard(runs)
-	h := Handler(g, audit.New(&bytes.Buffer{}, nil))
+	h := Handler(g)
 	for _, r := range []authorization.Request{
 		{RequestMethod: "GET", RequestURI: "/v1.41/containers/json"},
 		{RequestMethod: "POST", RequestURI: "/v1.41/containers/create", RequestHeaders: map[string]string{"Content-Type": "application/json"}, RequestBody: []byte(`{"Image":"x"}`)},
@@ -195,7 +195,7 @@ func TestPruneAllIsDeniedAndAudited(t *testing.T) {
 	runs := &fakeRuns{}
 	g, buf := newTestGuard(runs)
 	req := authorization.Request{RequestMethod: "POST", RequestURI: pruneAllURI, User: "alice"}
-	resp := post(t, Handler(g, audit.New(&bytes.Buffer{}, nil)), "/AuthZPlugin.AuthZReq", mustJSON(t, req))
+	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, req))
 	if resp.Allow || !strings.Contains(resp.Msg, "(rule no-prune-all)") {
 		t.Fatalf("got %+v", resp)
 	}
@@ -221,7 +221,7 @@ func TestPruneAllIsDeniedAndAudited(t *testing.T) {
 
 func TestDeleteDuringRunIsDeniedAndNamesTheRun(t *testing.T) {
 	g, buf := newTestGuard(&fakeRuns{runs: []rules.Run{{Detector: "prune-guard", System: "prune-guard run", Job: "r9", Kind: rules.Service, Name: "deploy"}}})
-	resp := post(t, Handler(g, audit.New(&bytes.Buffer{}, nil)), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/base:1"}))
+	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/base:1"}))
 	if resp.Allow || !strings.Contains(resp.Msg, "prune-guard run r9, service deploy") {
 		t.Fatalf("got %+v", resp)
 	}
@@ -232,7 +232,7 @@ func TestDeleteDuringRunIsDeniedAndNamesTheRun(t *testing.T) {
 
 func TestUnknownRunStateDeniesDestructiveRequests(t *testing.T) {
 	g, buf := newTestGuard(&fakeRuns{err: errors.New("dial unix /var/run/docker.sock: connect: no such file")})
-	resp := post(t, Handler(g, audit.New(&bytes.Buffer{}, nil)), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "POST", RequestURI: "/v1.41/containers/prune"}))
+	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "POST", RequestURI: "/v1.41/containers/prune"}))
 	if resp.Allow || !strings.Contains(resp.Msg, "run state is unknown") || !strings.Contains(resp.Msg, "no such file") {
 		t.Fatalf("got %+v", resp)
 	}
@@ -243,7 +243,7 @@ func TestUnknownRunStateDeniesDestructiveRequests(t *testing.T) {
 
 func TestPanicWhileDecidingIsADenyAndTheServerKeepsServing(t *testing.T) {
 	g, buf := newTestGuard(&fakeRuns{panic: true})
-	h := Handler(g, audit.New(&bytes.Buffer{}, nil))
+	h := Handler(g)
 	resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/images/x"}))
 	if resp.Allow || !strings.Contains(resp.Msg, "failed while deciding") {
 		t.Fatalf("got %+v", resp)
@@ -258,7 +258,7 @@ func TestPanicWhileDecidingIsADenyAndTheServerKeepsServing(t *testing.T) {
 
 func TestResponsePhaseAlwaysAllows(t *testing.T) {
 	g, _ := newTestGuard(&fakeRuns{})
-	h := Handler(g, audit.New(&bytes.Buffer{}, nil))
+	h := Handler(g)
 	for _, body := range [][]byte{nil, []byte("junk"), mustJSON(t, authorization.Request{RequestMethod: "POST", RequestURI: pruneAllURI})} {
 		if resp := post(t, h, "/AuthZPlugin.AuthZRes", body); !resp.Allow {
 			t.Errorf("AuthZRes(%q) = %+v", body, resp)
@@ -269,7 +269,7 @@ func TestResponsePhaseAlwaysAllows(t *testing.T) {
 func TestConcurrentDecisionsKeepAuditLinesWhole(t *testing.T) {
 	runs := &fakeRuns{runs: []rules.Run{{System: "CI job", Job: "v", Kind: rules.Container, Name: "c"}}}
 	g, buf := newTestGuard(runs)
-	h := Handler(g, audit.New(&bytes.Buffer{}, nil))
+	h := Handler(g)
 	var wg sync.WaitGroup
 	for i := 0; i < 50; i++ {
 		wg.Add(1)
@@ -307,7 +307,7 @@ func BenchmarkHandlerRead(b *testing.B) {
 	g, _ := newTestGuard(&fakeRuns{})
 	body, _ := json.Marshal(authorization.Request{RequestMethod: "GET", RequestURI: "/v1.41/containers/json",
 		RequestHeaders: map[string]string{"User-Agent": "Docker-Client/28.2.2 (linux)", "Accept": "*/*"}})
-	h := Handler(g, audit.New(&bytes.Buffer{}, nil))
+	h := Handler(g)
 	b.ReportAllocs()
 	for b.Loop() {
 		rec := httptest.NewRecorder()

@@ -54,7 +54,7 @@ func servePing(t *testing.T, perCall bool) map[string]bool {
 	g := NewGuard(policy.Default(), &fakeRuns{}, &fakeNames{}, al, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, Handler(g, al), ServeOptions{Drain: time.Second, ConnPerCall: perCall}) }()
+	go func() { done <- Serve(ctx, l, Handler(g), ServeOptions{Drain: time.Second, ConnPerCall: perCall}) }()
 	defer func() {
 		cancel()
 		<-done

@@ -204,7 +204,7 @@ func leakCheck(t *testing.T, route credRoute, p credPlacement, secret string) {
 			t.Fatal(err)
 		}
 		rec := httptest.NewRecorder()
-		Handler(g, al).ServeHTTP(rec, httptest.NewRequest("POST", "/AuthZPlugin.AuthZReq", bytes.NewReader(body)))
+		Handler(g).ServeHTTP(rec, httptest.NewRequest("POST", "/AuthZPlugin.AuthZReq", bytes.NewReader(body)))
 		if rec.Code != http.StatusOK {
 			t.Fatalf("plugin answered %d: %s", rec.Code, rec.Body)
 		}
@@ -213,7 +213,7 @@ func leakCheck(t *testing.T, route credRoute, p credPlacement, secret string) {
 		}
 		// The status endpoint is another way out of the process.
 		status := httptest.NewRecorder()
-		Handler(g, al).ServeHTTP(status, httptest.NewRequest("GET", "/status", nil))
+		Handler(g).ServeHTTP(status, httptest.NewRequest("GET", "/status", nil))
 
 		for where, text := range map[string]string{"audit log": auditBuf.b.String(), "operational log": logBuf.b.String(), "status": status.Body.String()} {
 		forms:

@@ -15,8 +15,6 @@ import (
 
 	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/docker/go-plugins-helpers/sdk"
-
-	"github.com/prune-guard/prune-guard/audit"
 )
 
 // maxCallSize bounds one plugin call. dockerd forwards request bodies under
@@ -32,13 +30,13 @@ const maxCallSize = 16 << 20
 // calls itself: the helper's handler answers a call it cannot decode with
 // 400 and then still asks the plugin about an empty request, while
 // prune-guard answers such a call with an explicit deny that says why.
-func Handler(g *Guard, al *audit.Log) http.Handler {
+func Handler(g *Guard) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(g.Status(r.Context(), al))
+		_ = json.NewEncoder(w).Encode(g.Status(r.Context()))
 	})
-	mux.Handle("GET /metrics", MetricsHandler(g, al))
+	mux.Handle("GET /metrics", MetricsHandler(g))
 	mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, struct{ Implements []string }{[]string{authorization.AuthZApiImplements}})
 	})

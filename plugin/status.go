@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/rules"
 )
@@ -90,8 +89,8 @@ func DescribeState(st rules.RunState, det rules.Detection) RunsStatus {
 }
 
 // Status reports the guard's state, asking the engine for the run state.
-func (g *Guard) Status(ctx context.Context, al *audit.Log) Status {
-	s := g.counters(al)
+func (g *Guard) Status(ctx context.Context) Status {
+	s := g.counters()
 	det := g.Config().Detection
 	s.Runs = DescribeState(g.runs.State(ctx, det), det)
 	s.Runs.HostProcesses = HostProcesses(g.runs.HostVisible())
@@ -107,8 +106,8 @@ func HostProcesses(visible bool, why string) string {
 }
 
 // counters is Status without the run state, which costs an engine query.
-func (g *Guard) counters(al *audit.Log) Status {
-	return Status{Policy: describePolicy(g.Config()), Stats: g.stats.Snapshot(), AuditWriteFailures: al.Failures()}
+func (g *Guard) counters() Status {
+	return Status{Policy: describePolicy(g.Config()), Stats: g.stats.Snapshot(), AuditWriteFailures: g.audit.Failures()}
 }
 
 // WriteMetrics writes the guard's counters in the Prometheus text
@@ -169,9 +168,9 @@ func trimFloat(f float64) string {
 }
 
 // MetricsHandler serves WriteMetrics.
-func MetricsHandler(g *Guard, al *audit.Log) http.Handler {
+func MetricsHandler(g *Guard) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		WriteMetrics(w, g.counters(al))
+		WriteMetrics(w, g.counters())
 	})
 }
