@@ -45,7 +45,9 @@ func TestManagedPluginGuardsARunningEngineAfterReload(t *testing.T) {
 	e.MustDocker(t, "plugin", "set", managedName,
 		"engine.source="+e.Socket(),
 		"audit.source="+auditDir,
-		"config.source="+configDir)
+		"config.source="+configDir,
+		// A short teardown grace, to see it hold a delete and then end.
+		"PRUNE_GUARD_RUN_GRACE=3s")
 	e.MustDocker(t, "plugin", "enable", managedName)
 
 	n := enginetest.Nonce(t)
@@ -91,9 +93,22 @@ func TestManagedPluginGuardsARunningEngineAfterReload(t *testing.T) {
 		}
 	})
 
-	t.Run("once the run ends docker rmi works again", func(t *testing.T) {
+	t.Run("once the run ends docker rmi waits out the teardown grace, then works", func(t *testing.T) {
 		e.MustDocker(t, "rm", "--force", run)
-		e.MustDocker(t, "rmi", spare)
+		if _, stderr, err := e.Docker(t, "rmi", spare); err == nil || !strings.Contains(stderr, "teardown grace") {
+			t.Errorf("docker rmi right after the run ended: err %v, stderr %q; want it held by the teardown grace", err, stderr)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, stderr, err := e.Docker(t, "rmi", spare)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("docker rmi still refused 30s after the run ended with a 3s grace: %s", stderr)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 		if e.ImageExists(t, spare) {
 			t.Errorf("image %s still exists after an allowed docker rmi", spare)
 		}

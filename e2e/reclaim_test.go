@@ -53,7 +53,7 @@ func (r reclaimer) run(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), reclaimTimeout)
 	defer cancel()
-	argv := append([]string{"reclaim", "--docker-host", r.host, "--state", r.state, "--audit-log", r.audit}, args...)
+	argv := append([]string{"reclaim", "--docker-host", r.host, "--state", r.state, "--audit-log", r.audit}, enginetest.WithoutGrace(args)...)
 	cmd := exec.CommandContext(ctx, r.bin, argv...)
 	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix:///nonexistent") // --docker-host must win
 	var out bytes.Buffer
@@ -338,7 +338,7 @@ func TestReclaimKeepsDiskBoundedWithoutPruneAll(t *testing.T) {
 	t.Run("watch mode follows events between passes and stops on SIGTERM", func(t *testing.T) {
 		mark := r.mark(t)
 		cmd := exec.Command(r.bin, "reclaim", "--docker-host", r.host, "--state", r.state, "--audit-log", r.audit,
-			"--watch", "300ms", "--high", "99", "--low", "98")
+			"--watch", "300ms", "--high", "99", "--low", "98", "--run-grace", "0s")
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {

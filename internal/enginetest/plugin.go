@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -73,7 +74,7 @@ func StartPlugin(t testing.TB, bin string, args ...string) *Plugin {
 		t.Fatalf("enginetest: removing stale plugin socket: %v", err)
 	}
 
-	argv := append([]string{"serve", "--socket", p.sock, "--audit-log", p.audit}, args...)
+	argv := append([]string{"serve", "--socket", p.sock, "--audit-log", p.audit}, WithoutGrace(args)...)
 	p.cmd = exec.Command(bin, argv...)
 	p.cmd.SysProcAttr = deathSignal(syscall.SIGKILL)
 	logf, err := os.Create(p.log)
@@ -101,6 +102,20 @@ func StartPlugin(t testing.TB, bin string, args ...string) *Plugin {
 		t.Fatalf("enginetest: plugin %s %v: %v\n%s", bin, argv, err, tail(p.log, "plugin log"))
 	}
 	return p
+}
+
+// WithoutGrace adds --run-grace 0s to the arguments of a prune-guard serve
+// or reclaim unless they set the grace: a test that is not about the
+// teardown grace deletes an image right after its job's container is gone,
+// and must not be held for two minutes (nor, on a fake engine that streams
+// no events, for ever). Tests of the grace give --run-grace themselves.
+func WithoutGrace(args []string) []string {
+	for _, a := range args {
+		if a == "--run-grace" || strings.HasPrefix(a, "--run-grace=") {
+			return args
+		}
+	}
+	return append([]string{"--run-grace", "0s"}, args...)
 }
 
 // StartGuarded starts a prune-guard plugin (built by BuildBinary, with
