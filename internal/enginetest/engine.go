@@ -50,6 +50,7 @@ type Engine struct {
 	daemonJSON []byte // what the engine's daemon.json starts from
 	compose    string // docker compose v2 plugin, or ""
 	id         Identity
+	cli        cliAPI
 
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when dockerd has exited

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -200,4 +201,71 @@ func (e *Engine) Compose(t testing.TB, args ...string) (stdout, stderr string, e
 	t.Helper()
 	e.ComposePath(t)
 	return e.Docker(t, append([]string{"compose"}, args...)...)
+}
+
+// CLIAPIVersion returns the API version the engine's docker CLI speaks to
+// it: the CLI negotiates down to the engine's maximum, so it is the lower of
+// the two. Which requests the CLI sends depends on it (below 1.42 dockerd
+// itself makes every volume prune remove named volumes).
+func (e *Engine) CLIAPIVersion(t testing.TB) string {
+	t.Helper()
+	e.cli.once.Do(func() {
+		out, stderr, err := e.Docker(t, "version", "--format", "{{.Client.DefaultAPIVersion}}")
+		if err != nil {
+			e.cli.err = fmt.Errorf("%v: %s", err, stderr)
+			return
+		}
+		v := strings.TrimSpace(out)
+		if CompareAPIVersions(v, e.id.APIVersion) > 0 {
+			v = e.id.APIVersion
+		}
+		e.cli.version = v
+	})
+	if e.cli.err != nil {
+		t.Fatalf("enginetest: the CLI's API version: %v", e.cli.err)
+	}
+	return e.cli.version
+}
+
+// cliAPI caches CLIAPIVersion.
+type cliAPI struct {
+	once    sync.Once
+	version string
+	err     error
+}
+
+// docker29MaxAPI is the maximum API version of each Docker 29 minor
+// release (config.MaxAPIVersion at the docker-v29.N.0 tags).
+var docker29MaxAPI = []string{"1.52", "1.52", "1.53", "1.54", "1.54", "1.54", "1.55", "1.55"}
+
+// AtLeastDocker29 reports whether the engine is Docker 29.minor or later.
+// Releases say so in their Version ("29.5.1"). Builds of moby's v2 module
+// carry the module's version instead ("2.0.0-beta.24"); for them the API
+// version decides, and only when it is newer than every 29.(minor-1)
+// release's, so an ambiguous build counts as older.
+func (id Identity) AtLeastDocker29(minor int) bool {
+	major, m, ok := majorMinor(id.Version)
+	switch {
+	case !ok:
+		return false
+	case major >= 29:
+		return major > 29 || m >= minor
+	case major > 2:
+		return false // 20.10, 26.1, 28.5, ...
+	case minor == 0:
+		return true
+	case minor-1 >= len(docker29MaxAPI):
+		return false
+	}
+	return CompareAPIVersions(id.APIVersion, docker29MaxAPI[minor-1]) > 0
+}
+
+func majorMinor(v string) (major, minor int, ok bool) {
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return 0, 0, false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(strings.TrimLeft(parts[1], "v"))
+	return major, minor, err1 == nil && err2 == nil
 }
