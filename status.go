@@ -94,6 +94,12 @@ func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) erro
 		fmt.Fprintln(w, "  every prune and image delete is denied until these end")
 	}
 
+	if v, err := askEngineVersion(ctx, dockerHost, 5*time.Second); err == nil {
+		for _, warning := range engineWarnings(v) {
+			fmt.Fprintf(w, "WARNING: %s\n", warning)
+		}
+	}
+
 	fmt.Fprintln(w)
 	if statusErr != nil {
 		fmt.Fprintf(w, "Plugin: %v\n", statusErr)
