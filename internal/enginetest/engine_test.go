@@ -29,6 +29,10 @@ func TestEngineLeavesNothingBehind(t *testing.T) {
 		if e.ImageExists(t, "pg-self:missing") {
 			t.Fatal("ImageExists reports a tag that was never built")
 		}
+		// docker compose v2 runs as a plugin of the engine's own CLI.
+		if out, stderr, err := e.Compose(t, "version"); err != nil || !strings.Contains(out, "Docker Compose version v2") && !strings.Contains(out, "Docker Compose version 2") {
+			t.Fatalf("docker compose version = %q, %v\n%s", out, err, stderr)
+		}
 		dangling := e.MakeDangling(t)
 		if ids := e.ImageIDs(t); !slices.Contains(ids, id) || !slices.Contains(ids, dangling) {
 			t.Fatalf("ImageIDs = %v, want %s and %s among them", ids, id, dangling)
