@@ -11,6 +11,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/client"
 
@@ -580,7 +581,7 @@ func (r *Reclaimer) untagExtra(ctx context.Context, id string, refs []string) er
 	keep := refs[0]
 	var done []string
 	for _, ref := range refs[1:] {
-		if ref == keep {
+		if ref == keep || sameRepoDigest(keep, ref) {
 			continue
 		}
 		if _, err := r.c.ImageRemove(ctx, ref, client.ImageRemoveOptions{}); err != nil {
@@ -597,6 +598,24 @@ func (r *Reclaimer) untagExtra(ctx context.Context, id string, refs []string) er
 		done = append(done, ref)
 	}
 	return nil
+}
+
+// sameRepoDigest reports whether ref is a digest reference (repo@sha256:…)
+// in keep's repository. It must stay: on the containerd image store,
+// deleting repo@digest removes every tag of that repository at that digest,
+// keep included (moby daemon/containerd/image_delete.go); the graph driver
+// deletes by ID an image whose names are one tag and digests of its
+// repository, so leaving it costs nothing there.
+func sameRepoDigest(keep, ref string) bool {
+	d, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return false
+	}
+	if _, ok := d.(reference.Digested); !ok {
+		return false
+	}
+	k, err := reference.ParseNormalizedNamed(keep)
+	return err == nil && k.Name() == d.Name()
 }
 
 // skipKind classifies a removal error that must not stop the pass: a
