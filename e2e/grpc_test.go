@@ -98,6 +98,22 @@ func TestNativeGRPCPrunesTheBuildCachePastThePluginOnDocker29(t *testing.T) {
 	t.Logf("%s: gRPC DiskUsage: %d records, err %v; Prune all: %d records, err %v; build cache %d -> %d records",
 		id, records, duErr, pruned, pruneErr, before, after)
 
+	// serve (once the engine answered) and status say so, on these
+	// engines only.
+	const warning = "answers gRPC on its API socket itself"
+	status, err := exec.Command(bin, "status", "--socket", p.Socket(), "--docker-host", e.Host()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("prune-guard status: %v\n%s", err, status)
+	}
+	if got := strings.Contains(string(status), warning); got != id.ServesNativeGRPC() {
+		t.Errorf("status warns about native gRPC: %v; want %v\n%s", got, id.ServesNativeGRPC(), status)
+	}
+	if id.ServesNativeGRPC() {
+		waitFor(t, 20*time.Second, "serve's native-gRPC warning in its log", func() bool { return strings.Contains(p.LogTail(), warning) })
+	} else if strings.Contains(p.LogTail(), warning) {
+		t.Errorf("serve warns about native gRPC on %s:\n%s", id.Version, p.LogTail())
+	}
+
 	if !id.ServesNativeGRPC() {
 		// Before 29.2 the socket speaks only HTTP/1.1 (and h2c upgrades
 		// after /grpc, which the plugin sees and denies above).
