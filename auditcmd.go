@@ -67,7 +67,7 @@ The log is owner-only (0600): read it as root, or give a group read access with
 		RunE: func(cmd *cobra.Command, args []string) error {
 			since, err := auditlog.ParseSince(o.since, time.Now())
 			if err != nil {
-				return err
+				return fmt.Errorf("--since %w", err)
 			}
 			in, name, err := openAuditLog(cmd, args)
 			if err != nil {
@@ -154,7 +154,7 @@ report); 1 when NEW does not load or the log cannot be read.`,
 			}
 			since, err := auditlog.ParseSince(o.since, time.Now())
 			if err != nil {
-				return err
+				return fmt.Errorf("--since %w", err)
 			}
 			in, name, err := openAuditLog(cmd, args)
 			if err != nil {

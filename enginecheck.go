@@ -64,13 +64,14 @@ func compareAPI(a, b string) int {
 	return 0
 }
 
-// askEngineVersion asks the engine at host for its version.
-func askEngineVersion(ctx context.Context, host string, timeout time.Duration) (engineVersion, error) {
-	c, err := client.New(client.WithHost(host))
-	if err != nil {
-		return engineVersion{}, fmt.Errorf("engine client for %s: %w", audit.Redact(host), err)
-	}
-	defer c.Close()
+// versionAsker is what the engine check asks; *engine.Client is the real
+// one.
+type versionAsker interface {
+	ServerVersion(ctx context.Context, options client.ServerVersionOptions) (client.ServerVersionResult, error)
+}
+
+// askEngineVersion asks the engine for its version.
+func askEngineVersion(ctx context.Context, c versionAsker, timeout time.Duration) (engineVersion, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	v, err := c.ServerVersion(ctx, client.ServerVersionOptions{})
@@ -90,9 +91,9 @@ const (
 // warnAboutEngine asks the engine its version once it answers (it starts
 // after prune-guard) and logs and audits each warning. It gives up quietly
 // after engineCheckTries: the engine is not prune-guard's to wait for.
-func warnAboutEngine(ctx context.Context, host string, timeout time.Duration, log *logrus.Logger, al *audit.Log) {
+func warnAboutEngine(ctx context.Context, c versionAsker, timeout time.Duration, log *logrus.Logger, al *audit.Log) {
 	for range engineCheckTries {
-		v, err := askEngineVersion(ctx, host, timeout)
+		v, err := askEngineVersion(ctx, c, timeout)
 		if err == nil {
 			for _, w := range engineWarnings(v) {
 				log.WithFields(logrus.Fields{"engine": v.Version, "api": v.APIVersion}).Warn(w)

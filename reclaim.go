@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/reclaim"
 )
@@ -129,7 +130,6 @@ func (o reclaimOptions) config(cmd *cobra.Command) (reclaim.Config, error) {
 		Options: reclaim.Options{
 			High: o.high, Low: o.low, MinAge: o.minAge, MaxUnused: o.maxUnused, Protect: pol.Protect,
 		},
-		Host:          o.dockerHost,
 		StatePath:     o.state,
 		DryRun:        o.dryRun,
 		EngineTimeout: o.engineTimeout,
@@ -164,11 +164,15 @@ func runReclaim(ctx context.Context, o reclaimOptions, cfg reclaim.Config, out, 
 		fmt.Fprintf(errOut, "prune-guard reclaim: AUDIT LOG WRITE FAILED (%d failures): %v\n", failures, err)
 	})
 	cfg.Out = out
-	r, err := reclaim.New(cfg, al)
+	c, err := engine.Open(o.dockerHost)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer c.Close()
+	r, err := reclaim.New(cfg, c, al)
+	if err != nil {
+		return fmt.Errorf("reclaim settings: %w", err)
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -176,7 +180,7 @@ func runReclaim(ctx context.Context, o reclaimOptions, cfg reclaim.Config, out, 
 		_, err := r.Once(ctx)
 		return err
 	}
-	al.Event("reclaim watching", map[string]any{"component": "reclaim", "interval": o.watch.String(), "docker_host": cfg.Host,
+	al.Event("reclaim watching", map[string]any{"component": "reclaim", "interval": o.watch.String(), "docker_host": audit.Redact(o.dockerHost),
 		"high": cfg.High, "low": cfg.Low, "min_age": cfg.MinAge.String(), "max_unused": cfg.MaxUnused.String(), "dry_run": cfg.DryRun})
 	err = r.Watch(ctx, o.watch, errOut)
 	al.Event("reclaim stopped", map[string]any{"component": "reclaim"})

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/plugin"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/resolve"
@@ -147,16 +148,13 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return err
 	}
 
-	tracker, err := runs.New(o.dockerHost, o.engineTimeout)
+	ec, err := engine.Open(o.dockerHost)
 	if err != nil {
 		return err
 	}
-	defer tracker.Close()
-	names, err := resolve.New(o.dockerHost, o.engineTimeout)
-	if err != nil {
-		return err
-	}
-	defer names.Close()
+	defer ec.Close()
+	tracker := runs.New(ec, o.engineTimeout)
+	names := resolve.New(ec, o.engineTimeout)
 
 	al, err := audit.Open(o.auditLog, auditGID)
 	if err != nil {
@@ -229,7 +227,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "detectors": cfg.Detection.Names(), "run_grace": cfg.Detection.Grace.String(),
 		"policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})
-	go warnAboutEngine(ctx, o.dockerHost, o.engineTimeout, log, al)
+	go warnAboutEngine(ctx, ec, o.engineTimeout, log, al)
 	if o.metricsAddr != "" {
 		ml, err := listenMetrics(o.metricsAddr)
 		if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/plugin"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/runs"
@@ -70,15 +71,20 @@ func fetchStatus(ctx context.Context, socket string) (plugin.Status, error) {
 }
 
 func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) error {
+	c, err := engine.Open(dockerHost)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
 	st, statusErr := fetchStatus(ctx, socket)
 	if statusErr != nil {
 		// Without the plugin, ask the engine with the built-in detectors;
 		// the teardown grace is known only to a running plugin.
-		st.Runs = ownRuns(ctx, dockerHost)
+		st.Runs = ownRuns(ctx, c)
 	}
 	writeRuns(w, st, statusErr == nil, dockerHost)
 
-	if v, err := askEngineVersion(ctx, dockerHost, 5*time.Second); err == nil {
+	if v, err := askEngineVersion(ctx, c, statusEngineTimeout); err == nil {
 		for _, warning := range engineWarnings(v) {
 			fmt.Fprintf(w, "WARNING: %s\n", warning)
 		}
@@ -119,13 +125,12 @@ func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) erro
 	return nil
 }
 
+// statusEngineTimeout bounds each question status asks the engine.
+const statusEngineTimeout = 5 * time.Second
+
 // ownRuns asks the engine directly, with the built-in detection.
-func ownRuns(ctx context.Context, dockerHost string) plugin.RunsStatus {
-	tr, err := runs.New(dockerHost, 5*time.Second)
-	if err != nil {
-		return plugin.RunsStatus{Error: err.Error()}
-	}
-	defer tr.Close()
+func ownRuns(ctx context.Context, c runs.Engine) plugin.RunsStatus {
+	tr := runs.New(c, statusEngineTimeout)
 	det := policy.Default().Detection
 	rs := plugin.DescribeState(tr.State(ctx, det), det)
 	rs.HostProcesses = plugin.HostProcesses(tr.HostVisible())

@@ -30,7 +30,7 @@ func (f Filter) Match(l *Line) bool {
 	return true
 }
 
-// ParseSince reads a --since value: a Go duration counted back from now
+// ParseSince reads a "since" bound: a Go duration counted back from now
 // ("24h", "90m"), or an RFC 3339 time ("2026-11-26T09:00:00Z"). The empty
 // string means no bound and returns the zero time.
 func ParseSince(s string, now time.Time) (time.Time, error) {
@@ -39,7 +39,7 @@ func ParseSince(s string, now time.Time) (time.Time, error) {
 	}
 	if d, err := time.ParseDuration(s); err == nil {
 		if d < 0 {
-			return time.Time{}, fmt.Errorf("--since %q: a duration counts back from now and cannot be negative", s)
+			return time.Time{}, fmt.Errorf("%q: a duration counts back from now and cannot be negative", s)
 		}
 		return now.Add(-d), nil
 	}
@@ -51,5 +51,5 @@ func ParseSince(s string, now time.Time) (time.Time, error) {
 	if strings.HasSuffix(s, "d") {
 		hint = " (Go durations have no days: 7 days is 168h)"
 	}
-	return time.Time{}, fmt.Errorf("--since %q: want a duration such as 24h or 90m, or an RFC 3339 time such as 2026-11-26T09:00:00Z%s", s, hint)
+	return time.Time{}, fmt.Errorf("%q: want a duration such as 24h or 90m, or an RFC 3339 time such as 2026-11-26T09:00:00Z%s", s, hint)
 }

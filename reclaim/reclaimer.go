@@ -23,8 +23,6 @@ import (
 // Config configures a Reclaimer.
 type Config struct {
 	Options
-	// Host is the engine's address (a DOCKER_HOST URL).
-	Host string
 	// Detection recognises the CI jobs whose images must stay, as for the
 	// plugin.
 	Detection rules.Detection
@@ -41,10 +39,20 @@ type Config struct {
 // maxPending bounds the events --watch holds between passes.
 const maxPending = 1 << 16
 
+// Engine is what the reclaimer asks of the engine: the run tracker's
+// questions, and the images, the data root and image removal.
+// *engine.Client is the real one.
+type Engine interface {
+	runs.Engine
+	ImageList(ctx context.Context, options client.ImageListOptions) (client.ImageListResult, error)
+	ImageRemove(ctx context.Context, image string, options client.ImageRemoveOptions) (client.ImageRemoveResult, error)
+	Info(ctx context.Context, options client.InfoOptions) (client.SystemInfoResult, error)
+}
+
 // Reclaimer runs reclaim passes against one engine.
 type Reclaimer struct {
 	cfg     Config
-	c       *client.Client
+	c       Engine
 	runs    *runs.Tracker
 	audit   *audit.Log
 	now     func() time.Time
@@ -55,50 +63,36 @@ type Reclaimer struct {
 	horizon time.Time        // watch mode: events before this are received
 }
 
-// New returns a Reclaimer for cfg.Host that audits to al.
-func New(cfg Config, al *audit.Log) (*Reclaimer, error) {
+// New returns a Reclaimer that asks e and audits to al.
+func New(cfg Config, e Engine, al *audit.Log) (*Reclaimer, error) {
 	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	c, err := client.New(client.WithHost(cfg.Host))
-	if err != nil {
-		return nil, fmt.Errorf("reclaim: engine client for %s: %w", cfg.Host, err)
-	}
-	tr, err := runs.New(cfg.Host, cfg.EngineTimeout)
-	if err != nil {
-		c.Close()
 		return nil, err
 	}
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
 	}
-	return &Reclaimer{cfg: cfg, c: c, runs: tr, audit: al, now: time.Now, measure: Measure}, nil
+	return &Reclaimer{cfg: cfg, c: e, runs: runs.New(e, cfg.EngineTimeout), audit: al, now: time.Now, measure: Measure}, nil
 }
 
 func (cfg Config) validate() error {
 	switch {
 	case !(cfg.Low >= 0 && cfg.Low < cfg.High && cfg.High <= 100):
-		return fmt.Errorf("want 0 <= --low < --high <= 100, have --low %g --high %g", cfg.Low, cfg.High)
+		return fmt.Errorf("want 0 <= low < high <= 100, have low %g and high %g", cfg.Low, cfg.High)
 	case cfg.MinAge < 0:
-		return errors.New("--min-age must not be negative")
+		return errors.New("the minimum age must not be negative")
 	case cfg.MaxUnused < 0:
-		return errors.New("--max-unused must not be negative")
+		return errors.New("the maximum unused time must not be negative")
 	case cfg.MaxUnused > 0 && cfg.MaxUnused < cfg.MinAge:
-		return fmt.Errorf("--max-unused %s is shorter than --min-age %s: images that young are never removed", cfg.MaxUnused, cfg.MinAge)
+		return fmt.Errorf("the maximum unused time %s is shorter than the minimum age %s: images that young are never removed", cfg.MaxUnused, cfg.MinAge)
 	case cfg.EngineTimeout <= 0:
-		return errors.New("--engine-timeout must be positive")
+		return errors.New("the engine timeout must be positive")
 	case cfg.StatePath == "":
-		return errors.New("--state must name a file")
+		return errors.New("no state file named")
 	}
 	if err := cfg.Protect.Validate(); err != nil {
 		return err
 	}
 	return nil
-}
-
-// Close releases the engine connections.
-func (r *Reclaimer) Close() error {
-	return errors.Join(r.c.Close(), r.runs.Close())
 }
 
 // Result is what one pass did.
@@ -162,7 +156,7 @@ func (r *Reclaimer) Once(ctx context.Context) (*Result, error) {
 // that fails is reported and the next one runs on time.
 func (r *Reclaimer) Watch(ctx context.Context, interval time.Duration, errOut io.Writer) error {
 	if interval <= 0 {
-		return errors.New("--watch interval must be positive")
+		return errors.New("the watch interval must be positive")
 	}
 	st := r.loadState()
 	r.horizon = st.Since
@@ -358,7 +352,7 @@ func (r *Reclaimer) pass(ctx context.Context, st *State, evs []events.Message) (
 		return res, err
 	}
 	if p.Pressure && res.After.Percent() >= p.High && res.Stopped == "" {
-		return res, fmt.Errorf("%s is still %.1f%% used, at or above --high %g%%: nothing more may be removed (see the kept images above)",
+		return res, fmt.Errorf("%s is still %.1f%% used, at or above the high mark %g%%: nothing more may be removed (see the kept images above)",
 			root, res.After.Percent(), p.High)
 	}
 	return res, nil

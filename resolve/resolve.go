@@ -29,24 +29,24 @@ type Plugin struct {
 	Name string
 }
 
+// Engine is what the resolver asks the engine. *engine.Client is the real
+// one.
+type Engine interface {
+	ImageInspect(ctx context.Context, image string, options ...client.ImageInspectOption) (client.ImageInspectResult, error)
+	ImageList(ctx context.Context, options client.ImageListOptions) (client.ImageListResult, error)
+	PluginList(ctx context.Context, options client.PluginListOptions) (client.PluginListResult, error)
+}
+
 // Resolver resolves names on one engine.
 type Resolver struct {
-	c       *client.Client
+	c       Engine
 	timeout time.Duration
 }
 
-// New returns a resolver for the engine at host; each question is bounded
-// by timeout.
-func New(host string, timeout time.Duration) (*Resolver, error) {
-	c, err := client.New(client.WithHost(host))
-	if err != nil {
-		return nil, fmt.Errorf("resolve: engine client for %s: %w", host, err)
-	}
-	return &Resolver{c: c, timeout: timeout}, nil
+// New returns a resolver that asks e; each question is bounded by timeout.
+func New(e Engine, timeout time.Duration) *Resolver {
+	return &Resolver{c: e, timeout: timeout}
 }
-
-// Close releases the engine client's connections.
-func (r *Resolver) Close() error { return r.c.Close() }
 
 // Image returns the image the engine finds under name. found is false when
 // there is no such image (the delete would fail too).

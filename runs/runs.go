@@ -32,7 +32,7 @@ var activeStates = []string{"created", "running", "paused", "restarting"}
 
 // Tracker asks an engine which runs are active, and remembers which ended.
 type Tracker struct {
-	c       *client.Client
+	c       Engine
 	timeout time.Duration
 	procs   procView
 	now     func() time.Time
@@ -43,18 +43,18 @@ type Tracker struct {
 	cov      coverage
 }
 
-// New returns a tracker for the engine at host (a DOCKER_HOST URL). Each
-// question is bounded by timeout.
-func New(host string, timeout time.Duration) (*Tracker, error) {
-	c, err := client.New(client.WithHost(host))
-	if err != nil {
-		return nil, fmt.Errorf("runs: engine client for %s: %w", host, err)
-	}
-	return &Tracker{c: c, timeout: timeout, procs: viewProcs("/proc"), now: time.Now, mem: newMemory()}, nil
+// Engine is what the tracker asks the engine: its containers, its services
+// and its event stream. *engine.Client is the real one.
+type Engine interface {
+	ContainerList(ctx context.Context, options client.ContainerListOptions) (client.ContainerListResult, error)
+	ServiceList(ctx context.Context, options client.ServiceListOptions) (client.ServiceListResult, error)
+	Events(ctx context.Context, options client.EventsListOptions) client.EventsResult
 }
 
-// Close releases the engine client's connections.
-func (t *Tracker) Close() error { return t.c.Close() }
+// New returns a tracker that asks e. Each question is bounded by timeout.
+func New(e Engine, timeout time.Duration) *Tracker {
+	return &Tracker{c: e, timeout: timeout, procs: viewProcs("/proc"), now: time.Now, mem: newMemory()}
+}
 
 // HostVisible reports whether prune-guard sees the host's processes, and if
 // not, why. Without them process detectors are inactive.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/moby/moby/api/types/events"
 
+	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -212,13 +213,14 @@ func newTracker(t testing.TB, f *fakeEngine) *Tracker {
 	}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
-	tr, err := New("tcp://"+strings.TrimPrefix(srv.URL, "http://"), time.Second)
+	c, err := engine.Open("tcp://" + strings.TrimPrefix(srv.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
+	tr := New(c, time.Second)
 	tr.now = f.clock.Now
 	tr.procs = procView{why: "tests see no host processes unless they build a /proc"}
-	t.Cleanup(func() { tr.Close() })
 	return tr
 }
 

@@ -1,0 +1,35 @@
+// Package engine opens prune-guard's connection to a Docker Engine: the
+// official moby client, built once per command and shared by everything that
+// asks the engine a question (run tracking, name resolution, the reclaimer,
+// the engine version check). Those packages take narrow interfaces of the
+// client, so each can be tested with a fake, and one client option is set in
+// one place.
+//
+// It must never send a request itself: what is asked, and how long it may
+// take, is the asking package's business.
+package engine
+
+import (
+	"fmt"
+
+	"github.com/moby/moby/client"
+
+	"github.com/prune-guard/prune-guard/audit"
+)
+
+// Client is the engine API client the packages share.
+type Client = client.Client
+
+// Open returns a client for the engine at host, a DOCKER_HOST URL
+// (unix:///var/run/docker.sock, tcp://host:2376). For a tcp host, TLS is
+// configured from DOCKER_CERT_PATH and DOCKER_TLS_VERIFY as the docker CLI
+// does. The client negotiates the API version with the engine on first use.
+func Open(host string) (*Client, error) {
+	// TLS first: it replaces the HTTP client, which the host option then
+	// configures for the host's transport.
+	c, err := client.New(client.WithTLSClientConfigFromEnv(), client.WithHost(host))
+	if err != nil {
+		return nil, fmt.Errorf("engine client for %s: %w", audit.Redact(host), err)
+	}
+	return c, nil
+}
