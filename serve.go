@@ -229,6 +229,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "detectors": cfg.Detection.Names(), "run_grace": cfg.Detection.Grace.String(),
 		"policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})
+	go warnAboutEngine(ctx, o.dockerHost, o.engineTimeout, log, al)
 	if o.metricsAddr != "" {
 		ml, err := listenMetrics(o.metricsAddr)
 		if err != nil {

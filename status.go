@@ -77,6 +77,12 @@ func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) erro
 		st.Runs = ownRuns(ctx, dockerHost)
 	}
 	writeRuns(w, st, statusErr == nil, dockerHost)
+
+	if v, err := askEngineVersion(ctx, dockerHost, 5*time.Second); err == nil {
+		for _, warning := range engineWarnings(v) {
+			fmt.Fprintf(w, "WARNING: %s\n", warning)
+		}
+	}
 	fmt.Fprintln(w)
 	if statusErr != nil {
 		fmt.Fprintf(w, "Plugin: %v\n", statusErr)

@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"sort"
 	"strings"
@@ -101,7 +103,22 @@ var (
 	cliHeaders = []string{"Content-Type: text/plain", "Content-Length: 0"}
 )
 
-func adversarialCases() []advCase {
+// adversarialCases are the cases for an engine like id: what the bare
+// daemon destroys, and so what must be denied, depends on the engine's
+// version (docs in /work/shared/engines-26-29.md, from moby's source at
+// each tag; confirmed on every engine of the test matrix).
+func adversarialCases(id enginetest.Identity) []advCase {
+	// Before 24.0 (API 1.43) image prune's dangling filter used
+	// ExactMatch: no value, null, [] or both true and false prune tagged
+	// images too. 24.0 and later refuse them (moby commit a654cbfd2f).
+	exactMatch := enginetest.CompareAPIVersions(id.APIVersion, "1.43") < 0
+	// Before 23.0 (API 1.42) every volume prune removes named volumes;
+	// later daemons do so below API 1.42 or with the all filter.
+	namedByDefault := enginetest.CompareAPIVersions(id.APIVersion, "1.42") < 0
+	bigJSONWant, bigJSONWhy := advDeny, "an unforwarded body could be a form"
+	if forwardsLargeJSONBodies(id) {
+		bigJSONWant, bigJSONWhy = advAllow, ""
+	}
 	tagged := func(name string, r wireReq, destructive bool, want advWant, why string) advCase {
 		return advCase{name: "images/prune: " + name, victim: advTagged, req: r, destructiveOnBareDaemon: destructive, want: want, why: why}
 	}
@@ -124,7 +141,7 @@ func adversarialCases() []advCase {
 		tagged("image prune -a as the CLI sends it", post("/v1.41/images/prune?"+pruneAll, cliHeaders...), true, advDeny, ""),
 		tagged("bare path (the daemon's default API version)", post("/images/prune?"+pruneAll), true, advDeny, ""),
 		tagged("version with leading zeros /v1.041", post("/v1.041/images/prune?"+pruneAll), true, advDeny, ""),
-		tagged("lowest served version /v1.12", post("/v1.12/images/prune?"+pruneAll), true, advDeny, ""),
+		tagged("lowest served version /v1.12", post("/v1.12/images/prune?"+pruneAll), id.Accepts("1.12"), advDeny, "26.1 and later refuse API 1.12"),
 		tagged("%70rune in the path", post("/v1.41/images/%70rune?"+pruneAll), true, advDeny, ""),
 		tagged("%2F for the slash", post("/v1.41/images%2Fprune?"+pruneAll), true, advDeny, ""),
 		tagged("mixed-case %2f and %2F", post("/v1.41%2fimages%2Fprune?"+pruneAll), true, advDeny, ""),
@@ -139,11 +156,11 @@ func adversarialCases() []advCase {
 		tagged("legacy filters form [\"false\"]", post("/v1.41/images/prune?"+qf(`{"dangling":["false"]}`)), true, advDeny, ""),
 		tagged("dangling 0", post("/v1.41/images/prune?"+qf(`{"dangling":{"0":true}}`)), true, advDeny, ""),
 		tagged("legacy dangling [\"0\"]", post("/v1.41/images/prune?"+qf(`{"dangling":["0"]}`)), true, advDeny, ""),
-		tagged("dangling with no value {} (ExactMatch)", post("/v1.41/images/prune?"+qf(`{"dangling":{}}`)), true, advDeny, ""),
-		tagged("dangling null", post("/v1.41/images/prune?"+qf(`{"dangling":null}`)), true, advDeny, ""),
-		tagged("dangling empty list []", post("/v1.41/images/prune?"+qf(`{"dangling":[]}`)), true, advDeny, ""),
-		tagged("dangling true and false together", post("/v1.41/images/prune?"+qf(`{"dangling":{"true":true,"false":true}}`)), true, advDeny, ""),
-		tagged("legacy dangling [\"true\",\"false\"]", post("/v1.41/images/prune?"+qf(`{"dangling":["true","false"]}`)), true, advDeny, ""),
+		tagged("dangling with no value {} (ExactMatch)", post("/v1.41/images/prune?"+qf(`{"dangling":{}}`)), exactMatch, advDeny, "24.0 and later refuse it; earlier daemons prune tagged images"),
+		tagged("dangling null", post("/v1.41/images/prune?"+qf(`{"dangling":null}`)), exactMatch, advDeny, "24.0 and later refuse it; earlier daemons prune tagged images"),
+		tagged("dangling empty list []", post("/v1.41/images/prune?"+qf(`{"dangling":[]}`)), exactMatch, advDeny, "24.0 and later refuse it; earlier daemons prune tagged images"),
+		tagged("dangling true and false together", post("/v1.41/images/prune?"+qf(`{"dangling":{"true":true,"false":true}}`)), exactMatch, advDeny, "24.0 and later refuse it; earlier daemons prune tagged images"),
+		tagged("legacy dangling [\"true\",\"false\"]", post("/v1.41/images/prune?"+qf(`{"dangling":["true","false"]}`)), exactMatch, advDeny, "24.0 and later refuse it; earlier daemons prune tagged images"),
 		tagged("dangling true mapped to false", post("/v1.41/images/prune?"+qf(`{"dangling":{"false":true,"true":false}}`)), true, advDeny, ""),
 		tagged("duplicate JSON key, the last says false", post("/v1.41/images/prune?"+qf(`{"dangling":{"true":true},"dangling":{"false":true}}`)), true, advDeny, ""),
 		tagged("\\u-escaped key and value", post("/v1.41/images/prune?"+qf(`{"\u0064angling":{"f\u0061lse":true}}`)), true, advDeny, ""),
@@ -190,7 +207,7 @@ func adversarialCases() []advCase {
 		tagged("invalid filters JSON", post("/v1.41/images/prune?filters=%7Bnope"), false, advDeny, "unparsable filters read as prune-all"),
 		tagged("semicolon in the query", post("/v1.41/images/prune?x=1;"+pruneAll), false, advDeny, "daemons built with Go < 1.17 split on ';'"),
 		tagged("unknown filter key next to dangling=false", post("/v1.41/images/prune?"+qf(`{"dangling":{"false":true},"nope":{"x":true}}`)), false, advDeny, "filter keys are not validated"),
-		tagged("JSON body over 1 MiB is not forwarded", withBody(post("/v1.41/images/prune?"+pruneDangling, jsonCT), bigJSON), false, advDeny, "an unforwarded body could be a form"),
+		tagged("JSON body over 1 MiB", withBody(post("/v1.41/images/prune?"+pruneDangling, jsonCT), bigJSON), false, bigJSONWant, bigJSONWhy),
 
 		// Build cache prune --all.
 		build("builder prune -a as the CLI sends it", post("/v1.41/build/prune?all=1&filters=%7B%7D&keep-storage=0", cliHeaders...), true, advDeny, ""),
@@ -217,15 +234,15 @@ func adversarialCases() []advCase {
 
 		// Volume prune: on API < 1.42 (all of 20.10) it removes named volumes.
 		volume("volume prune as the CLI sends it", post("/v1.41/volumes/prune?filters=%7B%7D", cliHeaders...), true, advDeny, ""),
-		volume("bare path", post("/volumes/prune"), true, advDeny, ""),
+		volume("bare path", post("/volumes/prune"), namedByDefault, advDeny, "a bare path runs at the daemon's own version; before 23.0 that prunes named volumes"),
 		volume("/v1.041", post("/v1.041/volumes/prune"), true, advDeny, ""),
-		volume("/v1.24", post("/v1.24/volumes/prune"), true, advDeny, ""),
+		volume("/v1.24", post("/v1.24/volumes/prune"), id.Accepts("1.24"), advDeny, "29.x refuses API 1.24"),
 		volume("%2F and %70rune", post("/v1.41/volumes%2F%70rune"), true, advDeny, ""),
 		volume("absolute-form with userinfo", post("http://u:p@docker/v1.41/volumes/prune"), true, advDeny, ""),
 		volume("label! filter that excludes nothing", post("/v1.41/volumes/prune?"+qf(`{"label!":{"nope":true}}`)), true, advDeny, ""),
 		volume("/v1.42 is too new for 20.10 (anonymous-only elsewhere)", post("/v1.42/volumes/prune"), false, advAllow, ""),
-		volume("all filter on 1.41 (invalid on 20.10)", post("/v1.41/volumes/prune?"+qf(`{"all":{"true":true}}`)), false, advDeny, "API < 1.42 always reads as volume-prune-all"),
-		volume("all=true filter on /v1.43 (refused by 20.10, prunes named on 23.0+)", post("/v1.43/volumes/prune?"+qf(`{"all":{"true":true}}`)), false, advDeny, "newer daemons prune named volumes"),
+		volume("all filter on 1.41 (invalid on 20.10)", post("/v1.41/volumes/prune?"+qf(`{"all":{"true":true}}`)), !namedByDefault, advDeny, "API < 1.42 always reads as volume-prune-all"),
+		volume("all=true filter on /v1.43 (refused by 20.10, prunes named on 23.0+)", post("/v1.43/volumes/prune?"+qf(`{"all":{"true":true}}`)), id.Accepts("1.43"), advDeny, "newer daemons prune named volumes"),
 		volume("label filter that matches nothing", post("/v1.41/volumes/prune?"+qf(`{"label":{"nope":true}}`)), false, advDeny, "label filters are not modelled"),
 
 		// Self-protection: prune-guard refuses changes to the managed plugin
@@ -287,7 +304,10 @@ const advBase = "pg-adv-base:1"
 
 func TestAdversarialEncodingsOfDestructiveRequestsAreDenied(t *testing.T) {
 	t.Parallel()
-	cases := adversarialCases()
+	reg := enginetest.StartRegistry(t)
+	bare := enginetest.Start(t, enginetest.Options{})
+	g := startGuard(t)
+	cases := adversarialCases(bare.Identity())
 	// Cases that need an active run go last, so that the run is started once.
 	sort.SliceStable(cases, func(i, j int) bool { return !cases[i].duringRun && cases[j].duringRun })
 	names := map[string]bool{}
@@ -303,10 +323,6 @@ func TestAdversarialEncodingsOfDestructiveRequestsAreDenied(t *testing.T) {
 			t.Fatalf("case %q: a denial of a request the daemon runs harmlessly must say why", c.name)
 		}
 	}
-
-	reg := enginetest.StartRegistry(t)
-	bare := enginetest.Start(t, enginetest.Options{})
-	g := startGuard(t)
 
 	var (
 		mu      sync.Mutex
@@ -550,9 +566,26 @@ func (ae *advEngine) victimExists(t *testing.T, c advCase, ref advRef) bool {
 // buildWithBuildKit runs a tiny BuildKit build through the API (no session
 // needed for a tar context), leaving cache records, one of them shared with
 // the built image: the one only build prune --all removes.
+//
+// On Docker 29.5 and later an authorization plugin breaks builds whose
+// context is the request body (see TestNoBuildkitStreamRuleRefusesSessionsAndKeepsTheRest),
+// so the guarded daemon there fetches the same context from a URL on this
+// machine's loopback instead: no body, the same cache.
 func (ae *advEngine) buildWithBuildKit(t *testing.T) {
 	ctx := tarOf(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY f /f\n", "f": enginetest.Nonce(t)})
-	out := ae.a.must("POST", "/v1.41/build?version=2&t=pg-adv-bk:"+enginetest.Nonce(t), "application/x-tar", ctx)
+	target := "/v1.41/build?version=2&t=pg-adv-bk:" + enginetest.Nonce(t)
+	var body []byte
+	if ae.guarded && ae.e.Identity().AtLeastDocker29(5) {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/x-tar")
+			w.Write(ctx)
+		}))
+		defer srv.Close()
+		target += "&remote=" + url.QueryEscape(srv.URL+"/context.tar")
+	} else {
+		body = ctx
+	}
+	out := ae.a.must("POST", target, "application/x-tar", body)
 	if strings.Contains(string(out), `"error"`) {
 		t.Fatalf("BuildKit build failed: %s", out)
 	}
@@ -592,4 +625,17 @@ func mustJSONBytes(t testing.TB, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// forwardsLargeJSONBodies reports whether the engine hands the plugin JSON
+// bodies of 1 MiB and more (up to 4 MiB; larger ones it refuses): the fix
+// for CVE-2026-34040, upstream from 29.3.1 (moby commits 7a767b27fd,
+// ec76e94183). Debian carries it in the builds the matrix runs: trixie's
+// 26.1.5+dfsg1-9+deb13u1 says so in its changelog, forky's 28.5.2+dfsg4
+// does it (measured). Before it, such a body reaches the plugin as nothing.
+func forwardsLargeJSONBodies(id enginetest.Identity) bool {
+	if strings.Contains(id.Version, "+dfsg") {
+		return !strings.HasPrefix(id.Version, "20.")
+	}
+	return id.AtLeastDocker29(4) || strings.HasPrefix(id.Version, "29.3.") && !strings.HasPrefix(id.Version, "29.3.0")
 }

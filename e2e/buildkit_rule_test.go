@@ -47,15 +47,30 @@ func TestNoBuildkitStreamRuleRefusesSessionsAndKeepsTheRest(t *testing.T) {
 	// The classic builder works (the docker CLI with DOCKER_BUILDKIT=0).
 	g.BuildImage(t, "pg-classic:1", map[string]string{"f": "classic"}, nil)
 	// A BuildKit build with its context in the request body needs no
-	// session, so it still runs.
+	// session, so the rule lets it run. On Docker 29.5 and later any
+	// authorization plugin breaks such builds: the build route asks for
+	// full-duplex HTTP to read the context while it answers (moby commit
+	// 70ac493e97, daemon/server/router/build/build_routes.go), the authz
+	// middleware's response writer (pkg/authorization/response.go) does not
+	// offer it, and Go's server closes the body at the first response
+	// byte. The request still passes prune-guard; the daemon fails it.
 	a := newAPI(t, g.Engine)
 	ctx := tarOf(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY f /f\n", "f": enginetest.Nonce(t)})
-	if out := a.must("POST", "/v1.41/build?version=2&t=pg-bk-nosession:1", "application/x-tar", ctx); strings.Contains(string(out), `"error"`) {
-		t.Errorf("BuildKit build without a session failed: %s", out)
+	out := a.must("POST", "/build?version=2&t=pg-bk-nosession:1", "application/x-tar", ctx)
+	built := []string{"pg-classic:1"}
+	if id := g.Identity(); id.AtLeastDocker29(5) {
+		if !strings.Contains(string(out), "invalid Read on closed Body") {
+			t.Errorf("%s: BuildKit build with its context in the body under an authz plugin = %s; want dockerd's own failure to read the context", id, out)
+		}
+	} else {
+		if strings.Contains(string(out), `"error"`) {
+			t.Errorf("BuildKit build without a session failed: %s", out)
+		}
+		built = append(built, "pg-bk-nosession:1")
 	}
 	// The other rules still hold: builder prune -a is refused, builder
 	// prune passes.
 	g.mustDeny(t, []string{"builder", "prune", "-af"}, "(rule no-build-prune-all)")
 	g.mustAllow(t, "builder", "prune", "-f")
-	requireImages(t, g, "pg-classic:1", "pg-bk-nosession:1")
+	requireImages(t, g, built...)
 }

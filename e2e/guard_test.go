@@ -62,12 +62,20 @@ func TestPruneThatRemovesTaggedImagesIsAlwaysDenied(t *testing.T) {
 		})
 	}
 
-	// On dockerd 20.10 (API < 1.42) every volume prune also removes named
-	// volumes, so it is always classified volume-prune-all and denied.
-	t.Run("docker volume prune -f", func(t *testing.T) {
+	// Below API 1.42 dockerd makes every volume prune remove named volumes,
+	// so the CLI's plain volume prune is volume-prune-all and denied. From
+	// 1.42 (CLI and engine 23.0 and later) it removes anonymous volumes
+	// only and passes; --all (CLI 23.0 and later) is the one denied.
+	t.Run("docker volume prune", func(t *testing.T) {
 		g.mustAllow(t, "volume", "create", "pg-keep")
 		mark := auditMark(t, g)
-		g.mustDeny(t, []string{"volume", "prune", "-f"}, "(rule no-volume-prune-all)")
+		if namedVolumesPrunedByDefault(t, g) {
+			g.mustDeny(t, []string{"volume", "prune", "-f"}, "(rule no-volume-prune-all)")
+		} else {
+			g.mustAllow(t, "volume", "prune", "-f")
+			g.mustAllow(t, "volume", "inspect", "pg-keep")
+			g.mustDeny(t, []string{"volume", "prune", "-af"}, "(rule no-volume-prune-all)")
+		}
 		g.mustAllow(t, "volume", "inspect", "pg-keep")
 		auditLine(t, g, mark, map[string]string{"decision": "deny", "rule": "no-volume-prune-all", "operation": "volume-prune-all"})
 	})
@@ -205,9 +213,13 @@ func TestActiveRunBlocksImageDeletesAndPrunes(t *testing.T) {
 			} {
 				g.mustDeny(t, args, "(rule no-prune-during-run)", runID, name)
 			}
-			// On API 1.41 no-volume-prune-all matches first, so this
+			// Below API 1.42 no-volume-prune-all matches first, so this
 			// denial names that rule rather than the run.
-			g.mustDeny(t, []string{"volume", "prune", "-f"}, "(rule no-volume-prune-all)")
+			if namedVolumesPrunedByDefault(t, g) {
+				g.mustDeny(t, []string{"volume", "prune", "-f"}, "(rule no-volume-prune-all)")
+			} else {
+				g.mustDeny(t, []string{"volume", "prune", "-f"}, "(rule no-prune-during-run)", runID, name)
+			}
 
 			requireImages(t, g, spare, dangling, base)
 			g.mustAllow(t, "container", "inspect", bystander)

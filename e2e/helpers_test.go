@@ -182,3 +182,12 @@ func auditRuns(t testing.TB, line map[string]any) []string {
 func anyContains(list []string, sub string) bool {
 	return slices.ContainsFunc(list, func(s string) bool { return strings.Contains(s, sub) })
 }
+
+// namedVolumesPrunedByDefault reports whether the CLI's "docker volume
+// prune" removes named volumes on this engine: when the API version the CLI
+// speaks is below 1.42, where dockerd's route adds all=true itself (moby
+// api/server/router/volume/volume_routes.go, postVolumesPrune).
+func namedVolumesPrunedByDefault(t testing.TB, g guard) bool {
+	t.Helper()
+	return enginetest.CompareAPIVersions(g.CLIAPIVersion(t), "1.42") < 0
+}

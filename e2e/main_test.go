@@ -3,11 +3,14 @@
 // CLI and by raw HTTP. Each test asserts on the engine's state afterwards
 // (which images, containers, volumes still exist), not only on exit codes.
 //
-// The tests need Linux, root, dockerd 20.10 (API 1.41), containerd, runc, the
-// docker CLI and a static busybox. Without them they skip, except under
-// CI=true, where they fail. Run them as root from the repository root:
+// The tests need Linux, root, dockerd, containerd, runc, the docker CLI and
+// a static busybox. Without them they skip, except under CI=true, where they
+// fail. They run on each engine of the matrix (PG_ENGINE, see
+// internal/enginetest and scripts/engines.sh); where the engines differ, the
+// expectation follows the engine's /version and /info. Run them as root
+// from the repository root:
 //
-//	go test ./e2e/ -count=1 -v
+//	PG_ENGINE=28.5-containerd go test ./e2e/ -count=1 -v
 package e2e
 
 import (

@@ -151,6 +151,14 @@ type Step struct {
 	// Estimate is the bytes its removal should free: its own layers,
 	// without those it shares with the image it was built on.
 	Estimate int64
+	// Intermediates are the classic builder's intermediate images that
+	// only this image was built on, nearest first: its removal must take
+	// them too. The graph driver deletes them with the image; the
+	// containerd image store (28.5, 29) lists them as dangling images and
+	// stops deleting them once an ancestor they share is gone (its
+	// "failed to get image parents"), so they would hold the image's
+	// layers.
+	Intermediates []string
 	// Forced is set when the image has been unused for longer than
 	// MaxUnused: it goes with or without pressure.
 	Forced bool
@@ -235,6 +243,7 @@ func NewPlan(f Facts, o Options) Plan {
 			LastUse:  n.last,
 			Estimate: g.estimate(n),
 		}
+		s.Intermediates = g.intermediates(n)
 		unused := f.Now.Sub(n.last)
 		s.Forced = o.MaxUnused > 0 && unused > o.MaxUnused
 		s.Needed = p.Pressure && !s.Forced && est < p.Need
@@ -429,28 +438,55 @@ func (g *graph) topDescendants(n *node, acc []*node) []*node {
 	return acc
 }
 
-// estimate is the bytes removing n should free: the engine's own figure
-// when it reports shared sizes; otherwise n's size above the nearest image
-// it was built on that survives n's removal (a listed image, or an
+// estimate is the bytes removing n should free: n's size above the nearest
+// image it was built on that survives n's removal (a listed image, or an
 // intermediate one with other children), because removal also deletes the
-// intermediate images only n used.
+// intermediate images only n used. An image built on nothing the engine
+// lists (pulled, loaded) frees what it shares with no other image, when the
+// engine reports shared sizes (API >= 1.42).
+//
+// The engine's shared size is no estimate for a built image: it counts the
+// layers n shares with its own intermediate images, which go with it (all
+// of them, for an image whose last step adds no layer), so it would read
+// as nothing freed.
 func (g *graph) estimate(n *node) int64 {
-	if n.img.SharedSize >= 0 {
+	if n.parent == nil && n.img.SharedSize >= 0 {
 		return max(n.img.Size-n.img.SharedSize, 0)
 	}
+	if p := g.survivor(n); p != nil {
+		return max(n.img.Size-p.img.Size, 0)
+	}
+	return n.img.Size
+}
+
+// survivor is the nearest image n was built on that stays when n goes: a
+// listed image or an intermediate one with other children; nil if none.
+func (g *graph) survivor(n *node) *node {
 	// Bounded by the number of images, against a cycle a sane engine
 	// never reports.
 	p := n.parent
 	for range len(g.nodes) {
-		if p == nil {
-			break
-		}
-		if p.top || len(p.children) > 1 {
-			return max(n.img.Size-p.img.Size, 0)
+		if p == nil || p.top || len(p.children) > 1 {
+			return p
 		}
 		p = p.parent
 	}
-	return n.img.Size
+	return nil
+}
+
+// intermediates lists the intermediate images between n and its survivor:
+// those only n was built on.
+func (g *graph) intermediates(n *node) []string {
+	var ids []string
+	p := n.parent
+	for range len(g.nodes) {
+		if p == nil || p.top || len(p.children) > 1 {
+			break
+		}
+		ids = append(ids, p.img.ID)
+		p = p.parent
+	}
+	return ids
 }
 
 // roundAge prints a duration as an operator reads an age: 3h5m, 12m, 40s.

@@ -495,11 +495,24 @@ func TestEstimates(t *testing.T) {
 		want   map[string]int64
 	}{
 		{
-			name: "the engine's shared size is used when it reports one",
+			name: "the engine's shared size is used for an image built on nothing listed",
 			images: []Image{
 				image("a", tags("a:1"), size(100), shared(30)),
 			},
 			want: map[string]int64{"a": 70},
+		},
+		{
+			// The containerd image store: each layer twice (blob and
+			// snapshot), every layer of app shared with its own
+			// intermediate image, the busybox step with every image.
+			name: "a built image's shared size counts its own intermediates, so the chain decides",
+			images: []Image{
+				image("busybox", size(4), shared(4)),
+				image("blob", parent("busybox"), size(36), shared(36)),
+				image("app", tags("app:1"), parent("blob"), size(36), shared(36)),
+				image("other", tags("other:1"), parent("busybox"), size(36), shared(4)),
+			},
+			want: map[string]int64{"app": 32, "other": 32},
 		},
 		{
 			name: "without it, the size above the nearest ancestor that survives",
@@ -585,5 +598,32 @@ func TestUsagePercentCountsReservedBlocksAsUsed(t *testing.T) {
 	}
 	if got := (Usage{Total: 10, Avail: 20}).Percent(); got != 0 {
 		t.Errorf("Percent() with more available than total = %v, want 0", got)
+	}
+}
+
+func TestStepsTakeTheIntermediateImagesOnlyTheyUse(t *testing.T) {
+	p := NewPlan(Facts{Now: now, Usage: pressure,
+		Images: []Image{
+			image("base", tags("base:1")),
+			image("shared-step", parent("base")),
+			image("own-step-1", parent("shared-step")),
+			image("own-step-2", parent("own-step-1")),
+			image("app", tags("app:1"), parent("own-step-2")),
+			image("tool", tags("tool:1"), parent("shared-step")),
+			image("pulled", tags("pulled:1")),
+		},
+		Records: map[string]Record{"sha256:base": seen(9 * time.Hour), "sha256:app": seen(9 * time.Hour),
+			"sha256:tool": seen(9 * time.Hour), "sha256:pulled": seen(9 * time.Hour)},
+	}, defaults)
+	want := map[string][]string{
+		"app":    {"sha256:own-step-2", "sha256:own-step-1"}, // not shared-step: tool is built on it too
+		"tool":   nil,
+		"pulled": nil,
+	}
+	for _, s := range p.Steps {
+		name := strings.TrimPrefix(s.Image.ID, "sha256:")
+		if w, ok := want[name]; ok && !slices.Equal(s.Intermediates, w) {
+			t.Errorf("%s: intermediates %v, want %v", name, s.Intermediates, w)
+		}
 	}
 }

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/client"
 
@@ -339,7 +341,10 @@ func (r *Reclaimer) pass(ctx context.Context, st *State, evs []events.Message) (
 		return res, nil
 	}
 
-	err = r.execute(ctx, st, res)
+	err = r.execute(ctx, st, p, res)
+	if err == nil {
+		err = r.replan(ctx, st, res)
+	}
 	if after, merr := r.measure(root); merr == nil {
 		res.After = after
 	} else {
@@ -399,11 +404,67 @@ func (r *Reclaimer) inventory(ctx context.Context) (string, []Image, []Container
 	return root, images, containers, nil
 }
 
+// maxRounds bounds the plans one pass makes: the first, and re-plans while
+// the disk stays above Low.
+const maxRounds = 4
+
+// replan plans again while the disk is still above Low after a round that
+// removed something: a removal can leave images the plan could not foresee
+// (the containerd image store leaves intermediate images it no longer knows
+// as parents), and usage, not the plan's estimate, says whether the pass is
+// done. A round that removes nothing ends the pass.
+func (r *Reclaimer) replan(ctx context.Context, st *State, res *Result) error {
+	p := &res.Plan
+	if !p.Pressure {
+		return nil
+	}
+	removed := len(res.Removed)
+	for round := 2; round <= maxRounds && res.Stopped == "" && removed > 0; round++ {
+		_, images, containers, err := r.inventory(ctx)
+		if err != nil {
+			return err
+		}
+		now := r.now()
+		st.Resync(now, images, containers)
+		u, err := r.measure(p.Usage.Path)
+		if err != nil {
+			return fmt.Errorf("measure %s: %w", p.Usage.Path, err)
+		}
+		if u.Percent() <= p.Low {
+			return nil
+		}
+		// The same question as the first plan's: jobs in their teardown
+		// grace and unseen stretches hold a re-plan too.
+		rs := r.runs.State(ctx, r.cfg.Detection)
+		next := NewPlan(Facts{Now: now, Usage: u, Images: images, Containers: containers, Records: st.Images, Runs: rs}, r.cfg.Options)
+		p.Keep = next.Keep
+		if next.Refused != "" {
+			res.Stopped = next.Refused
+			fmt.Fprintf(r.cfg.Out, "stopped: %s\n", next.Refused)
+			return nil
+		}
+		// An image skipped once this pass (denied, in conflict) is not
+		// tried again until the next.
+		next.Steps = slices.DeleteFunc(next.Steps, func(s Step) bool {
+			return slices.ContainsFunc(res.Skipped, func(o Outcome) bool { return o.Step.Image.ID == s.Image.ID })
+		})
+		if len(next.Steps) == 0 {
+			return nil
+		}
+		fmt.Fprintf(r.cfg.Out, "re-planning: %.1f%% used, still above low %g%% (round %d)\n", u.Percent(), p.Low, round)
+		before := len(res.Removed)
+		if err := r.execute(ctx, st, &next, res); err != nil {
+			return err
+		}
+		removed = len(res.Removed) - before
+	}
+	return nil
+}
+
 // execute takes the plan's steps in order: a forced step always, any other
 // while the measured usage is above Low. Before each removal it asks again
 // whether a run is active, and stops if one is or if it cannot tell.
-func (r *Reclaimer) execute(ctx context.Context, st *State, res *Result) error {
-	p := &res.Plan
+func (r *Reclaimer) execute(ctx context.Context, st *State, p *Plan, res *Result) error {
 	root := p.Usage.Path
 	for _, s := range p.Steps {
 		if err := ctx.Err(); err != nil {
@@ -430,6 +491,7 @@ func (r *Reclaimer) execute(ctx context.Context, st *State, res *Result) error {
 		o := Outcome{Step: s}
 		o.Kind, o.Err = r.remove(ctx, s.Image)
 		if o.Err == nil {
+			r.removeIntermediates(ctx, s)
 			after, err := r.measure(root)
 			if err != nil {
 				return fmt.Errorf("measure %s: %w", root, err)
@@ -479,6 +541,26 @@ func (r *Reclaimer) remove(ctx context.Context, im Image) (string, error) {
 	return "removed", nil
 }
 
+// removeIntermediates deletes the intermediate images only s's image was
+// built on, once it is gone. The graph driver has deleted them with it
+// (404, nothing to do); the containerd image store may have left them.
+// A failure here is reported, never fatal: the image itself is gone.
+func (r *Reclaimer) removeIntermediates(ctx context.Context, s Step) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.EngineTimeout)
+	defer cancel()
+	for _, id := range s.Intermediates {
+		_, err := r.c.ImageRemove(ctx, id, client.ImageRemoveOptions{PruneChildren: true})
+		switch {
+		case err == nil:
+			r.audit.Event("reclaim removed intermediate image", map[string]any{
+				"component": "reclaim", "operation": "image-delete", "image": id, "for": s.Image.ID})
+		case cerrdefs.IsNotFound(err):
+		default:
+			fmt.Fprintf(r.cfg.Out, "warning: intermediate image %s of %s stays: %v\n", ShortID(id), s.Image.Name(), err)
+		}
+	}
+}
+
 // untagExtra removes every name of an image but its first tag.
 func (r *Reclaimer) untagExtra(ctx context.Context, id string, refs []string) error {
 	cl, err := r.c.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("ancestor", id)})
@@ -491,10 +573,15 @@ func (r *Reclaimer) untagExtra(ctx context.Context, id string, refs []string) er
 	keep := refs[0]
 	var done []string
 	for _, ref := range refs[1:] {
-		if ref == keep {
+		if ref == keep || sameRepoDigest(keep, ref) {
 			continue
 		}
 		if _, err := r.c.ImageRemove(ctx, ref, client.ImageRemoveOptions{}); err != nil {
+			// The containerd image store lists name@digest for every
+			// tag, and removing the tag removes that name too.
+			if cerrdefs.IsNotFound(err) {
+				continue
+			}
 			if len(done) > 0 {
 				return fmt.Errorf("untag %s (after untagging %s): %w", ref, strings.Join(done, ", "), err)
 			}
@@ -503,6 +590,24 @@ func (r *Reclaimer) untagExtra(ctx context.Context, id string, refs []string) er
 		done = append(done, ref)
 	}
 	return nil
+}
+
+// sameRepoDigest reports whether ref is a digest reference (repo@sha256:…)
+// in keep's repository. It must stay: on the containerd image store,
+// deleting repo@digest removes every tag of that repository at that digest,
+// keep included (moby daemon/containerd/image_delete.go); the graph driver
+// deletes by ID an image whose names are one tag and digests of its
+// repository, so leaving it costs nothing there.
+func sameRepoDigest(keep, ref string) bool {
+	d, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return false
+	}
+	if _, ok := d.(reference.Digested); !ok {
+		return false
+	}
+	k, err := reference.ParseNormalizedNamed(keep)
+	return err == nil && k.Name() == d.Name()
 }
 
 // skipKind classifies a removal error that must not stop the pass: a

@@ -51,6 +51,15 @@
 #                    (to test the harness before prune-guard builds)
 #   JSON=1           print loadgen's JSON instead of the table
 #   KEEP=1           keep the temp dir (daemon logs, audit log) for a look
+#   PG_ENGINE=NAME   run on an engine scripts/engines.sh provisioned (20.10,
+#                    26.1, 28.5, 28.5-containerd, 29): its binaries first on
+#                    PATH, its daemon.json; unset, dockerd and docker from PATH
+#   PG_CACHE=DIR     where those engines are (default /var/cache/prune-guard-ci)
+#
+# Run it alone: other engines on a 2-core machine move the figures. CI and
+# the e2e tests take /tmp/pg-e2e.lock; so should you:
+#
+#   flock /tmp/pg-e2e.lock env PG_ENGINE=28.5 bash bench/overhead/run.sh
 set -euo pipefail
 
 DURATION=${DURATION:-5s}
@@ -61,6 +70,9 @@ PAUSE=${PAUSE:-1s}
 GUARD_BIN=${GUARD_BIN:-}
 JSON=${JSON:-}
 KEEP=${KEEP:-}
+PG_ENGINE=${PG_ENGINE:-}
+PG_CACHE=${PG_CACHE:-/var/cache/prune-guard-ci}
+DAEMON_JSON='{}'
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PLUGIN_DIR=/run/docker/plugins
@@ -83,6 +95,13 @@ logtail() {
 }
 
 [[ $(id -u) == 0 ]] || die "must run as root (dockerd needs it)"
+if [[ -n $PG_ENGINE ]]; then
+	ENGINE_DIR=$PG_CACHE/engines/$PG_ENGINE
+	[[ -x $ENGINE_DIR/bin/dockerd ]] || die "engine $PG_ENGINE is not provisioned (sudo bash scripts/engines.sh provision $PG_ENGINE)"
+	export PATH="$ENGINE_DIR/bin:$PATH"
+	DAEMON_JSON=$(cat "$ENGINE_DIR/daemon.json")
+	log "engine $PG_ENGINE: $(dockerd --version)"
+fi
 for cmd in go dockerd docker curl; do
 	command -v "$cmd" >/dev/null || die "$cmd not found"
 done
@@ -215,7 +234,7 @@ start_daemon() {
 	# An empty config file of its own, so the host's /etc/docker/daemon.json
 	# (which may name an authorization plugin) never leaks in.
 	mkdir -p "$d"
-	echo '{}' >"$d/daemon.json"
+	printf '%s\n' "$DAEMON_JSON" >"$d/daemon.json"
 	dockerd --config-file "$d/daemon.json" --host "unix://$d/d.sock" --data-root "$d/data" --exec-root "$d/exec" \
 		--pidfile "$d/d.pid" --iptables=false --bridge=none "$@" >"$d/dockerd.log" 2>&1 &
 	DAEMON_PID[$t]=$!

@@ -14,6 +14,15 @@
 // /run/docker/plugins, where dockerd looks for plugin sockets; each plugin
 // gets a unique name there and its socket is removed on cleanup.
 //
+// Which engine: PG_ENGINE names one that scripts/engines.sh provisioned
+// under PG_CACHE (default /var/cache/prune-guard-ci): its bin/ folder goes
+// first on dockerd's PATH (dockerd, containerd, its shim, runc), its docker
+// CLI drives it, its daemon.json (the image store) starts every engine's
+// own, and its compose v2 plugin is linked into the CLI's private config
+// directory (Engine.Compose; PG_COMPOSE overrides). Without PG_ENGINE the
+// binaries on PATH are used. Engine.Identity says what the engine is
+// (/version, /info), for expectations that depend on it.
+//
 // Engines need Linux, root, dockerd, containerd, runc and the docker CLI
 // (BuildImage also needs a static busybox). Where they are
 // missing the tests are skipped, except under CI (CI=true), where they fail:

@@ -45,6 +45,13 @@ type Engine struct {
 	log    string // dockerd's stdout and stderr
 	docker string // docker CLI binary
 
+	name       string // PG_ENGINE, or "system"
+	binDir     string // goes first on dockerd's PATH; "" for the system engine
+	daemonJSON []byte // what the engine's daemon.json starts from
+	compose    string // docker compose v2 plugin, or ""
+	id         Identity
+	cli        cliAPI
+
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when dockerd has exited
 	err    error         // dockerd's exit status, valid once exited is closed
@@ -80,6 +87,11 @@ func newEngine(t testing.TB) *Engine {
 		log:    filepath.Join(root, "dockerd.log"),
 		docker: tools.docker,
 		exited: make(chan struct{}),
+
+		name:       tools.name,
+		binDir:     tools.binDir,
+		daemonJSON: tools.daemonJSON,
+		compose:    tools.compose,
 	}
 	// Registered first, so it runs last: after the engine and any plugin
 	// started for it have stopped.
@@ -90,10 +102,22 @@ func newEngine(t testing.TB) *Engine {
 	if err := os.Mkdir(e.config, 0o700); err != nil {
 		t.Fatalf("enginetest: creating CLI config directory: %v", err)
 	}
-	// An empty daemon.json, so that the host's /etc/docker/daemon.json is
-	// never read.
-	if err := os.WriteFile(filepath.Join(root, "daemon.json"), []byte("{}\n"), 0o600); err != nil {
+	// The engine's own daemon.json (empty but for what makes the engine,
+	// such as the containerd image store), so that the host's
+	// /etc/docker/daemon.json is never read.
+	if err := os.WriteFile(filepath.Join(root, "daemon.json"), e.daemonJSON, 0o600); err != nil {
 		t.Fatalf("enginetest: writing daemon.json: %v", err)
+	}
+	// The CLI finds compose v2 as a plugin in its config directory, so
+	// neither the host's plugins nor its absence matter.
+	if e.compose != "" {
+		plugins := filepath.Join(e.config, "cli-plugins")
+		if err := os.Mkdir(plugins, 0o700); err != nil {
+			t.Fatalf("enginetest: creating CLI plugin directory: %v", err)
+		}
+		if err := os.Symlink(e.compose, filepath.Join(plugins, "docker-compose")); err != nil {
+			t.Fatalf("enginetest: linking docker compose: %v", err)
+		}
 	}
 	e.cmd = exec.Command(tools.dockerd) // arguments are set by start
 	return e
@@ -120,7 +144,7 @@ func (e *Engine) start(t testing.TB, opts Options) {
 	}
 	args = append(args, opts.ExtraArgs...)
 	e.cmd.Args = append([]string{e.cmd.Path}, args...)
-	e.cmd.Env = daemonEnv()
+	e.cmd.Env = daemonEnv(e.binDir)
 	// If the test binary dies without running its cleanups, dockerd still
 	// gets a chance to stop its containers and containerd.
 	e.cmd.SysProcAttr = deathSignal(syscall.SIGTERM)
@@ -149,7 +173,12 @@ func (e *Engine) start(t testing.TB, opts Options) {
 	if err := e.waitReady(ctx); err != nil {
 		t.Fatalf("enginetest: dockerd %s: %v\n%s", strings.Join(args, " "), err, tail(e.log, "dockerd log"))
 	}
-	t.Logf("enginetest: dockerd at %s ready in %v; CLI %s", e.Host(), time.Since(began).Round(time.Millisecond), e.docker)
+	id, err := e.identify(ctx)
+	if err != nil {
+		t.Fatalf("enginetest: dockerd at %s: %v", e.Host(), err)
+	}
+	e.id = id
+	t.Logf("enginetest: dockerd at %s ready in %v (%s); CLI %s", e.Host(), time.Since(began).Round(time.Millisecond), id, e.docker)
 }
 
 // waitReady polls /_ping until it answers 200, dockerd exits, or ctx ends.
@@ -309,8 +338,14 @@ func (e *Engine) removeRoot(t testing.TB) {
 	}
 }
 
-// tools are the binaries an engine needs.
-type tools struct{ dockerd, docker string }
+// tools are the binaries an engine needs, and what makes the engine.
+type tools struct {
+	name            string
+	dockerd, docker string
+	binDir          string // "" for the system engine
+	daemonJSON      []byte
+	compose         string
+}
 
 // requireEngine returns the binaries an engine needs, or skips t (fails it
 // under CI) with the reason they cannot be used.
@@ -322,7 +357,14 @@ func requireEngine(t testing.TB) tools {
 	if os.Geteuid() != 0 {
 		Unavailable(t, "a private dockerd needs root (euid is %d)", os.Geteuid())
 	}
-	var tl tools
+	if name := selectedEngine(); name != "" {
+		tl, err := provisionedTools(name)
+		if err != nil {
+			Unavailable(t, "%s=%s: %v", EngineEnv, name, err)
+		}
+		return tl
+	}
+	tl := tools{name: "system", daemonJSON: []byte("{}\n"), compose: composeFor("")}
 	for _, b := range []struct {
 		name string
 		path *string
@@ -375,9 +417,10 @@ func lookPath(name string) (string, error) {
 
 // daemonEnv is the environment for dockerd: ours without DOCKER_* settings
 // (DOCKER_HOST and friends are for clients, DOCKER_TMPDIR would move the
-// daemon's files), with the system directories on PATH for containerd,
-// runc and docker-init.
-func daemonEnv() []string {
+// daemon's files), with the engine's own binaries (binDir, if any) first on
+// PATH and then the system directories, for containerd, its shim, runc and
+// docker-init: dockerd and containerd find them all by name.
+func daemonEnv(binDir string) []string {
 	var env []string
 	path := ""
 	for _, kv := range os.Environ() {
@@ -390,6 +433,9 @@ func daemonEnv() []string {
 		}
 	}
 	dirs := filepath.SplitList(path)
+	if binDir != "" {
+		dirs = append([]string{binDir}, dirs...)
+	}
 	for _, d := range sbinPath {
 		if !contains(dirs, d) {
 			dirs = append(dirs, d)

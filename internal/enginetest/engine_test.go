@@ -29,6 +29,10 @@ func TestEngineLeavesNothingBehind(t *testing.T) {
 		if e.ImageExists(t, "pg-self:missing") {
 			t.Fatal("ImageExists reports a tag that was never built")
 		}
+		// docker compose v2 runs as a plugin of the engine's own CLI.
+		if out, stderr, err := e.Compose(t, "version"); err != nil || !strings.Contains(out, "Docker Compose version v2") && !strings.Contains(out, "Docker Compose version 2") {
+			t.Fatalf("docker compose version = %q, %v\n%s", out, err, stderr)
+		}
 		dangling := e.MakeDangling(t)
 		if ids := e.ImageIDs(t); !slices.Contains(ids, id) || !slices.Contains(ids, dangling) {
 			t.Fatalf("ImageIDs = %v, want %s and %s among them", ids, id, dangling)
@@ -79,5 +83,28 @@ func TestEngineLeavesNothingBehind(t *testing.T) {
 	}
 	if bytes.Contains(mounts, []byte(root)) {
 		t.Errorf("mounts under %s remain after cleanup", root)
+	}
+}
+
+func TestIdentityAtLeastDocker29(t *testing.T) {
+	for _, tc := range []struct {
+		version, api string
+		minor        int
+		want         bool
+	}{
+		{"20.10.24+dfsg1", "1.41", 0, false},
+		{"28.5.2+dfsg4", "1.51", 0, false},
+		{"29.4.1", "1.54", 5, false},
+		{"29.5.0", "1.54", 5, true},
+		{"29.7.2", "1.55", 2, true},
+		{"30.0.0", "1.60", 5, true},
+		{"2.0.0-beta.24", "1.56", 5, true},   // API newer than 29.4's 1.54
+		{"2.0.0-beta.9", "1.54", 5, false},   // as new as 29.3 and 29.4: counts as older
+		{"library-import", "1.56", 2, false}, // no version to read
+	} {
+		id := Identity{Version: tc.version, APIVersion: tc.api}
+		if got := id.AtLeastDocker29(tc.minor); got != tc.want {
+			t.Errorf("Identity{%s, API %s}.AtLeastDocker29(%d) = %v; want %v", tc.version, tc.api, tc.minor, got, tc.want)
+		}
 	}
 }

@@ -53,7 +53,16 @@ func (e *Engine) Reload(t testing.TB, settings map[string]any) {
 		t.Fatalf("enginetest: reload: dockerd has exited: %v", e.err)
 	default:
 	}
-	b, err := json.Marshal(settings)
+	// The engine's own settings (the image store) stay: they make the
+	// engine, and a reload must not change what the test runs on.
+	merged := map[string]any{}
+	if err := json.Unmarshal(e.daemonJSON, &merged); err != nil {
+		t.Fatalf("enginetest: reload: the engine's daemon.json: %v", err)
+	}
+	for k, v := range settings {
+		merged[k] = v
+	}
+	b, err := json.Marshal(merged)
 	if err != nil {
 		t.Fatalf("enginetest: reload: encoding daemon.json: %v", err)
 	}
