@@ -427,6 +427,8 @@ func (r *Reclaimer) replan(ctx context.Context, st *State, res *Result) error {
 		if u.Percent() <= p.Low {
 			return nil
 		}
+		// The same question as the first plan's: jobs in their teardown
+		// grace and unseen stretches hold a re-plan too.
 		rs := r.runs.State(ctx, r.cfg.Detection)
 		next := NewPlan(Facts{Now: now, Usage: u, Images: images, Containers: containers, Records: st.Images, Runs: rs}, r.cfg.Options)
 		p.Keep = next.Keep
