@@ -89,9 +89,6 @@ func (u Usage) Percent() float64 {
 	return 100 * float64(u.Total-min(u.Avail, u.Total)) / float64(u.Total)
 }
 
-// Used is Total − Avail, in bytes.
-func (u Usage) Used() uint64 { return u.Total - min(u.Avail, u.Total) }
-
 // Options are the operator's thresholds and protections.
 type Options struct {
 	// High is the usage percentage at or above which reclaim acts; Low is

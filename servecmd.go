@@ -41,17 +41,6 @@ type serveOptions struct {
 	logLevel       string
 }
 
-// envOr returns the environment variable's value, or def when it is unset:
-// a managed plugin or a systemd unit sets flags through the environment.
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func defaultDockerHost() string { return envOr("DOCKER_HOST", "unix:///var/run/docker.sock") }
-
 func newServeCmd() *cobra.Command {
 	o := serveOptions{}
 	cmd := &cobra.Command{
@@ -84,7 +73,7 @@ comma-separated list, DOCKER_HOST); flags win.`,
 	}
 	optional, _ := strconv.ParseBool(os.Getenv("PRUNE_GUARD_POLICY_OPTIONAL"))
 	f := cmd.Flags()
-	f.StringVar(&o.socket, "socket", envOr("PRUNE_GUARD_SOCKET", "/run/docker/plugins/prune-guard.sock"), "unix socket to listen on, unless systemd passes one (socket activation); dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
+	f.StringVar(&o.socket, "socket", defaultSocket(), "unix socket to listen on, unless systemd passes one (socket activation); dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
 	f.StringVar(&o.socketGroup, "socket-group", envOr("PRUNE_GUARD_SOCKET_GROUP", ""), "group that may connect to the socket (mode 0660); default: the owner's group (root)")
 	f.StringVar(&o.dockerHost, "docker-host", defaultDockerHost(), "engine to ask which CI runs are active and what names refer to ($DOCKER_HOST when set)")
 	f.StringVar(&o.auditLog, "audit-log", envOr("PRUNE_GUARD_AUDIT_LOG", "-"), "JSON-lines audit file, appended to and created 0600; - for standard output")
@@ -116,72 +105,129 @@ func lookupGroup(name string) (int, error) {
 }
 
 func runServe(ctx context.Context, o serveOptions) error {
-	log := logrus.New()
-	log.SetOutput(os.Stderr)
-	lvl, err := logrus.ParseLevel(o.logLevel)
+	log, err := o.check()
 	if err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	log.SetLevel(lvl)
-	if o.engineTimeout <= 0 || o.watchInterval <= 0 {
-		return errors.New("--engine-timeout and --policy-poll must be positive")
-	}
-	if err := o.run.validate(); err != nil {
 		return err
 	}
-	auditGID, err := lookupGroup(o.auditGroup)
+	cfg, lastPolicy, err := o.loadPolicy()
 	if err != nil {
-		return fmt.Errorf("--audit-group: %w", err)
-	}
-	socketGID, err := lookupGroup(o.socketGroup)
-	if err != nil {
-		return fmt.Errorf("--socket-group: %w", err)
-	}
-
-	cfg, lastPolicy := policy.Default(), []byte(nil)
-	if o.policyFile != "" {
-		if cfg, lastPolicy, err = policy.LoadOptional(o.policyFile, o.policyOptional); err != nil {
-			return fmt.Errorf("--policy: %w", err)
-		}
-	}
-	if cfg, err = o.run.apply(cfg); err != nil {
 		return err
 	}
-
 	ec, err := engine.Open(o.dockerHost)
 	if err != nil {
 		return err
 	}
 	defer ec.Close()
 	tracker := runs.New(ec, o.engineTimeout)
-	names := resolve.New(ec, o.engineTimeout)
 
-	al, err := audit.Open(o.auditLog, auditGID)
+	al, err := o.openAudit(log)
 	if err != nil {
 		return err
 	}
 	defer al.Close()
+	l, listening, err := o.listen()
+	if err != nil {
+		return err
+	}
+	if listening == o.socket {
+		// Only a socket prune-guard created is its to remove; an inherited
+		// one belongs to systemd and must outlive this process.
+		defer os.Remove(o.socket)
+	}
+
+	g := plugin.NewGuard(cfg, tracker, resolve.New(ec, o.engineTimeout), al, log)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	o.followPolicy(ctx, lastPolicy, g, al, log)
+	go tracker.Watch(ctx, func() rules.Detection { return g.Config().Detection })
+	go warnAboutEngine(ctx, ec, o.engineTimeout, log, al)
+	logStart(log, al, o, cfg, listening, tracker)
+	if o.metricsAddr != "" {
+		ml, err := listenMetrics(o.metricsAddr)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := plugin.Serve(ctx, ml, plugin.MetricsHandler(g), plugin.ServeOptions{Drain: time.Second}); err != nil {
+				log.WithError(err).Error("metrics listener stopped")
+			}
+		}()
+	}
+	err = plugin.Serve(ctx, l, plugin.Handler(g), plugin.ServeOptions{Drain: 10 * time.Second, ConnPerCall: o.connPerCall})
+	al.Event("prune-guard stopped", nil)
+	return err
+}
+
+// check validates the options that need no I/O and returns the operational
+// log they configure.
+func (o serveOptions) check() (*logrus.Logger, error) {
+	log := logrus.New()
+	log.SetOutput(os.Stderr)
+	lvl, err := logrus.ParseLevel(o.logLevel)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	log.SetLevel(lvl)
+	if o.engineTimeout <= 0 || o.watchInterval <= 0 {
+		return nil, errors.New("--engine-timeout and --policy-poll must be positive")
+	}
+	return log, o.run.validate()
+}
+
+// loadPolicy returns the policy to start with (the file's, or the built-in
+// one) with the run flags applied, and the file's bytes for the watcher.
+func (o serveOptions) loadPolicy() (*policy.Config, []byte, error) {
+	cfg, data := policy.Default(), []byte(nil)
+	if o.policyFile != "" {
+		var err error
+		if cfg, data, err = policy.LoadOptional(o.policyFile, o.policyOptional); err != nil {
+			return nil, nil, fmt.Errorf("--policy: %w", err)
+		}
+	}
+	cfg, err := o.run.apply(cfg)
+	return cfg, data, err
+}
+
+// openAudit opens the audit log and reports its write failures loudly.
+func (o serveOptions) openAudit(log *logrus.Logger) (*audit.Log, error) {
+	gid, err := lookupGroup(o.auditGroup)
+	if err != nil {
+		return nil, fmt.Errorf("--audit-group: %w", err)
+	}
+	al, err := audit.Open(o.auditLog, gid)
+	if err != nil {
+		return nil, err
+	}
 	al.OnError(func(err error, failures int64) {
 		log.WithError(err).WithField("failures", failures).
 			Error("AUDIT LOG WRITE FAILED: decisions continue under the policy, but are not being recorded; free space or fix the audit file")
 	})
+	return al, nil
+}
 
-	l, err := plugin.Inherited()
+// listen returns the socket systemd passed, or listens on --socket; where
+// says which, for the log.
+func (o serveOptions) listen() (l net.Listener, where string, err error) {
+	if l, err = plugin.Inherited(); err != nil || l != nil {
+		return l, "inherited socket (socket activation)", err
+	}
+	gid, err := lookupGroup(o.socketGroup)
 	if err != nil {
-		return err
+		return nil, "", fmt.Errorf("--socket-group: %w", err)
 	}
-	listening := "inherited socket (socket activation)"
-	if l == nil {
-		if l, err = plugin.Listen(o.socket, socketGID); err != nil {
-			return err
-		}
-		// Only a socket prune-guard created is its to remove; an inherited
-		// one belongs to systemd and must outlive this process.
-		defer os.Remove(o.socket)
-		listening = o.socket
+	if l, err = plugin.Listen(o.socket, gid); err != nil {
+		return nil, "", err
 	}
+	return l, o.socket, nil
+}
 
-	g := plugin.NewGuard(cfg, tracker, names, al, log)
+// followPolicy reloads the policy file on SIGHUP and whenever its content
+// changes, until ctx ends. A file that does not load is rejected, loudly,
+// and the policy in force stays.
+func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *plugin.Guard, al *audit.Log, log *logrus.Logger) {
+	if o.policyFile == "" {
+		return
+	}
 	apply := func(next *policy.Config, err error) {
 		if err == nil {
 			next, err = o.run.apply(next)
@@ -197,51 +243,35 @@ func runServe(ctx context.Context, o serveOptions) error {
 		log.WithFields(logrus.Fields{"source": next.Source, "policy": next.ShortHash()}).Info("policy loaded")
 		al.Event("policy loaded", map[string]any{"source": next.Source, "policy": next.Hash})
 	}
-
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if o.policyFile != "" {
-		go policy.Watch(ctx, o.policyFile, o.policyOptional, o.watchInterval, lastPolicy, apply)
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
+	go policy.Watch(ctx, o.policyFile, o.policyOptional, o.watchInterval, last, apply)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
 		defer signal.Stop(hup)
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-hup:
-					next, _, err := policy.LoadOptional(o.policyFile, o.policyOptional)
-					apply(next, err)
-				}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				next, _, err := policy.LoadOptional(o.policyFile, o.policyOptional)
+				apply(next, err)
 			}
-		}()
-	}
+		}
+	}()
+}
 
-	go tracker.Watch(ctx, func() rules.Detection { return g.Config().Detection })
+// logStart says what is being served, and whether host-process detectors can
+// see anything.
+func logStart(log *logrus.Logger, al *audit.Log, o serveOptions, cfg *policy.Config, listening string, tracker *runs.Tracker) {
 	if ok, why := tracker.HostVisible(); !ok {
 		log.WithField("reason", why).Warn("host processes are not visible: process detectors (github-actions-host, gitlab-shell, buildkite-agent) are inactive")
 	} else {
 		log.Info("host processes are visible: process detectors are active")
 	}
-	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "detectors": cfg.Detection.Names(), "run_grace": cfg.Detection.Grace.String(),
-		"policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).Info("prune-guard serving")
+	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "detectors": cfg.Detection.Names(),
+		"run_grace": cfg.Detection.Grace.String(), "policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).
+		Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})
-	go warnAboutEngine(ctx, ec, o.engineTimeout, log, al)
-	if o.metricsAddr != "" {
-		ml, err := listenMetrics(o.metricsAddr)
-		if err != nil {
-			return err
-		}
-		go func() {
-			if err := plugin.Serve(ctx, ml, plugin.MetricsHandler(g), plugin.ServeOptions{Drain: time.Second}); err != nil {
-				log.WithError(err).Error("metrics listener stopped")
-			}
-		}()
-	}
-	err = plugin.Serve(ctx, l, plugin.Handler(g), plugin.ServeOptions{Drain: 10 * time.Second, ConnPerCall: o.connPerCall})
-	al.Event("prune-guard stopped", nil)
-	return err
 }
 
 // listenMetrics listens on a loopback TCP address or a unix socket: metrics

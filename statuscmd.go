@@ -41,7 +41,7 @@ running plugin's socket (--socket). Exits 1 when the plugin does not answer.`,
 			return runStatus(ctx, cmd.OutOrStdout(), socket, dockerHost)
 		},
 	}
-	cmd.Flags().StringVar(&socket, "socket", envOr("PRUNE_GUARD_SOCKET", "/run/docker/plugins/prune-guard.sock"), "the running plugin's socket")
+	cmd.Flags().StringVar(&socket, "socket", defaultSocket(), "the running plugin's socket")
 	cmd.Flags().StringVar(&dockerHost, "docker-host", defaultDockerHost(), "engine to ask for active runs")
 	return cmd
 }
