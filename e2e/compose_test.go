@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/prune-guard/prune-guard/internal/enginetest"
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 // docker compose v2, the real client (Engine.Compose: the engine's CLI with
@@ -19,7 +20,7 @@ import (
 // no build and no pull (there is no registry here: a pull would fail).
 func TestComposeDownRmiAllLeavesTheJobProjectsImagesForTheRedeploy(t *testing.T) {
 	t.Parallel()
-	e, p := enginetest.StartGuarded(t, enginetest.Options{}) // the default grace, 2m
+	e, p := enginetest.StartGuarded(t, enginetest.Options{PluginArgs: []string{"--run-grace", rules.DefaultGrace.String()}}) // the default grace
 	g := guard{Engine: e, plugin: p}
 	e.ComposePath(t)
 	n := enginetest.Nonce(t)

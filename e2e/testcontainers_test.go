@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prune-guard/prune-guard/internal/enginetest"
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 // testcontainers-go, the real client, lives in its own module
@@ -22,7 +23,7 @@ import (
 // as the reaper would at the session's end.
 func TestTestcontainersGoSessionHoldsImageDeletesThroughItsTeardown(t *testing.T) {
 	t.Parallel()
-	e, p := enginetest.StartGuarded(t, enginetest.Options{}) // the default grace, 2m
+	e, p := enginetest.StartGuarded(t, enginetest.Options{PluginArgs: []string{"--run-grace", rules.DefaultGrace.String()}}) // the default grace
 	g := guard{Engine: e, plugin: p}
 	n := enginetest.Nonce(t)
 	image, victim := "pg-tc-app:"+n, "pg-tc-victim:"+n
