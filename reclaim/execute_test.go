@@ -443,12 +443,10 @@ func TestRePlanningRemovesWhatTheContainerdStoreLeavesBehind(t *testing.T) {
 }
 
 // This is the re-plan's documented promise ("plans again while the disk is
-// still above Low") for a round that ends between Low and High. It fails:
-// the re-plan's NewPlan sees no pressure below High and plans nothing, so
-// the pass ends at 83% with an eligible image left, and the plan's kept
-// images are replaced by the empty plan's. Un-skip it with the fix.
+// still above Low") for a round that ends between Low and High: a pass that
+// acts stays under pressure until Low (Facts.Acting), so the eligible image
+// left behind goes, and the kept images are the re-plan's own.
 func TestRePlanningBetweenLowAndHighRemovesWhatTheContainerdStoreLeavesBehind(t *testing.T) {
-	t.Skip("known bug: replan plans nothing once usage is below High, though the pass is above Low")
 	f, seen := sharedParent(t)
 	f.containerd = true
 	f.base = 750 // 89%: a round of a and b ends at 83%, between low and high

@@ -115,6 +115,10 @@ type Facts struct {
 	Records map[string]Record
 	// Runs are the active CI runs; a non-nil Err means they are unknown.
 	Runs rules.RunState
+	// Acting is set when re-planning within a pass that started under
+	// pressure: a pass acts from High down to Low, so it stays under
+	// pressure until usage is at or below Low.
+	Acting bool
 }
 
 // Plan is what reclaim will do, in order, and why.
@@ -124,7 +128,8 @@ type Plan struct {
 	High, Low float64
 	// Refused says why nothing may be removed now ("" if something may).
 	Refused string
-	// Pressure is whether usage is at or above High.
+	// Pressure is whether usage is at or above High, or, within a pass
+	// that is already acting, above Low.
 	Pressure bool
 	// Need is how many bytes must be freed to bring usage to Low; 0
 	// without pressure.
@@ -199,7 +204,7 @@ type node struct {
 // same facts and options always give the same plan.
 func NewPlan(f Facts, o Options) Plan {
 	p := Plan{Now: f.Now, Usage: f.Usage, High: o.High, Low: o.Low}
-	p.Pressure = f.Usage.Total > 0 && f.Usage.Percent() >= o.High
+	p.Pressure = f.Usage.Total > 0 && (f.Usage.Percent() >= o.High || f.Acting && f.Usage.Percent() > o.Low)
 	if p.Pressure {
 		want := uint64(math.Ceil(float64(f.Usage.Total) * (100 - o.Low) / 100))
 		if want > f.Usage.Avail {

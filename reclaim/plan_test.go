@@ -627,3 +627,22 @@ func TestStepsTakeTheIntermediateImagesOnlyTheyUse(t *testing.T) {
 		}
 	}
 }
+
+func TestAPassThatActsStaysUnderPressureUntilLow(t *testing.T) {
+	between := Usage{Path: "/d", Total: 100, Avail: 17} // 83%
+	for _, tt := range []struct {
+		name   string
+		acting bool
+		want   bool
+	}{
+		{"a new pass between low and high has nothing to do", false, false},
+		{"a pass already acting goes on until low", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPlan(Facts{Usage: between, Acting: tt.acting}, Options{High: 85, Low: 80})
+			if p.Pressure != tt.want {
+				t.Errorf("Pressure = %v, want %v", p.Pressure, tt.want)
+			}
+		})
+	}
+}

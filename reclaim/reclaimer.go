@@ -430,7 +430,8 @@ func (r *Reclaimer) replan(ctx context.Context, st *State, res *Result) error {
 		// The same question as the first plan's: jobs in their teardown
 		// grace and unseen stretches hold a re-plan too.
 		rs := r.runs.State(ctx, r.cfg.Detection)
-		next := NewPlan(Facts{Now: now, Usage: u, Images: images, Containers: containers, Records: st.Images, Runs: rs}, r.cfg.Options)
+		next := NewPlan(Facts{Now: now, Usage: u, Images: images, Containers: containers, Records: st.Images, Runs: rs,
+			Acting: p.Pressure}, r.cfg.Options)
 		p.Keep = next.Keep
 		if next.Refused != "" {
 			res.Stopped = next.Refused
