@@ -10,7 +10,9 @@
 package engine
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/moby/moby/client"
 
@@ -32,4 +34,25 @@ func Open(host string) (*Client, error) {
 		return nil, fmt.Errorf("engine client for %s: %w", audit.Redact(host), err)
 	}
 	return c, nil
+}
+
+// Pinger is the part of the client that negotiates the API version.
+type Pinger interface {
+	Ping(ctx context.Context, options client.PingOptions) (client.PingResult, error)
+}
+
+// Negotiate settles the client's API version within timeout. Call it before
+// a request made with a long-lived context, such as an event stream: the
+// client negotiates on its first request while holding a lock, with that
+// request's context, so a stream opened against an engine that hangs would
+// hold the lock for as long as the engine hangs, and every other call on the
+// client, a decision's bounded question included, would wait on it.
+// Once negotiated, later calls take no lock.
+func Negotiate(ctx context.Context, c Pinger, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := c.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		return fmt.Errorf("negotiate the engine's API version: %w", err)
+	}
+	return nil
 }

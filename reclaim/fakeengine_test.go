@@ -187,6 +187,12 @@ func (f *fakeEngine) record(format string, args ...any) {
 	f.calls = append(f.calls, fmt.Sprintf(format, args...))
 }
 
+// Ping answers as an engine at API 1.41 does; the fake has no version to
+// negotiate.
+func (f *fakeEngine) Ping(context.Context, client.PingOptions) (client.PingResult, error) {
+	return client.PingResult{APIVersion: "1.41"}, nil
+}
+
 func (f *fakeEngine) Info(_ context.Context, _ client.InfoOptions) (client.SystemInfoResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

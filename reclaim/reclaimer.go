@@ -16,6 +16,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/rules"
 	"github.com/prune-guard/prune-guard/runs"
 )
@@ -209,38 +210,10 @@ func (r *Reclaimer) follow(ctx context.Context, since time.Time, errOut io.Write
 			opts.Since = since.UTC().Format(time.RFC3339Nano)
 		}
 		subscribed := r.now()
-		stream := r.c.Events(ctx, opts)
-		err := func() error {
-			for {
-				select {
-				case m := <-stream.Messages:
-					backoff = time.Second
-					r.mu.Lock()
-					if len(r.pending) >= maxPending {
-						// Passes have been failing for a long time;
-						// the resync covers what is dropped.
-						r.pending = r.pending[len(r.pending)-maxPending/2:]
-					}
-					r.pending = append(r.pending, m)
-					if t := eventTime(m); t.After(r.horizon) {
-						r.horizon, since = t, t
-					}
-					r.mu.Unlock()
-				case err := <-stream.Err:
-					return err
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(time.Second):
-					// Connected and quiet: everything before the
-					// subscription is in.
-					r.mu.Lock()
-					if subscribed.After(r.horizon) {
-						r.horizon = subscribed
-					}
-					r.mu.Unlock()
-				}
-			}
-		}()
+		err := engine.Negotiate(ctx, r.c, r.cfg.EngineTimeout)
+		if err == nil {
+			err = r.stream(ctx, r.c.Events(ctx, opts), subscribed, &since, &backoff)
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -251,6 +224,40 @@ func (r *Reclaimer) follow(ctx context.Context, since time.Time, errOut io.Write
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// stream queues one subscription's events until it ends, and returns why.
+// It moves since to the newest event seen and resets the backoff on each.
+func (r *Reclaimer) stream(ctx context.Context, stream client.EventsResult, subscribed time.Time, since *time.Time, backoff *time.Duration) error {
+	for {
+		select {
+		case m := <-stream.Messages:
+			*backoff = time.Second
+			r.mu.Lock()
+			if len(r.pending) >= maxPending {
+				// Passes have been failing for a long time;
+				// the resync covers what is dropped.
+				r.pending = r.pending[len(r.pending)-maxPending/2:]
+			}
+			r.pending = append(r.pending, m)
+			if t := eventTime(m); t.After(r.horizon) {
+				r.horizon, *since = t, t
+			}
+			r.mu.Unlock()
+		case err := <-stream.Err:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+			// Connected and quiet: everything before the
+			// subscription is in.
+			r.mu.Lock()
+			if subscribed.After(r.horizon) {
+				r.horizon = subscribed
+			}
+			r.mu.Unlock()
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/client"
 
+	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -99,6 +100,11 @@ type coverage struct {
 func (t *Tracker) follow(ctx context.Context, since time.Time, first bool, detection func() rules.Detection) (time.Time, bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The stream's context lives as long as the watcher: the version must
+	// be settled within the timeout first (engine.Negotiate says why).
+	if err := engine.Negotiate(ctx, t.c, t.timeout); err != nil {
+		return since, false, err
+	}
 	// Unfiltered, so that the replay's length says whether dockerd's
 	// buffer covered since.
 	stream := t.c.Events(ctx, client.EventsListOptions{Since: unixNano(since)})

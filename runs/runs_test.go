@@ -28,6 +28,7 @@ type fakeEngine struct {
 	serviceErr int // HTTP status for /services, 0 for success
 	serviceMsg string
 	delay      time.Duration
+	pingHang   chan struct{} // while set and open, /_ping does not answer
 	queries    chan string
 	clock      *fakeClock // the engine's clock, for until
 
@@ -47,6 +48,13 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Api-Version", "1.41")
 	if strings.HasSuffix(r.URL.Path, "/_ping") {
+		if f.pingHang != nil {
+			select {
+			case <-f.pingHang:
+			case <-r.Context().Done():
+				return
+			}
+		}
 		w.Write([]byte("OK"))
 		return
 	}
@@ -289,6 +297,36 @@ func TestSlowEngineIsBoundedByTheTimeout(t *testing.T) {
 	}
 	if took := time.Since(start); took > 30*time.Second {
 		t.Fatalf("Active waited %v on a hung engine", took)
+	}
+}
+
+// The client negotiates its API version on its first request while holding a
+// lock, with that request's context. A watcher whose stream lives as long as
+// prune-guard must not be that request on an engine that hangs, or every
+// decision would wait on the lock for as long as the engine hangs.
+func TestWatcherOnAHangingEngineDoesNotHoldDecisionsBack(t *testing.T) {
+	hang := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hang) })
+	defer release()
+	// Without the bound, the decision would wait for ever; end the hang
+	// after a while so the test fails rather than stalls.
+	time.AfterFunc(40*time.Second, release)
+	f := &fakeEngine{pingHang: hang, queries: make(chan string, 64)}
+	tr := newTracker(t, f)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go tr.Watch(ctx, func() rules.Detection { return detection(t, rules.DefaultRunLabel) })
+	for q := range f.queries {
+		if strings.Contains(q, "/_ping") {
+			break // the watcher is negotiating with the hung engine
+		}
+	}
+	start := time.Now()
+	if err := tr.State(context.Background(), detection(t, rules.DefaultRunLabel)).Err; err == nil {
+		t.Fatal("a hung engine must make the state unknown")
+	}
+	if took := time.Since(start); took > 30*time.Second {
+		t.Fatalf("a decision waited %v behind the watcher on a hung engine", took)
 	}
 }
 
