@@ -141,6 +141,14 @@ func (e *Engine) start(t testing.TB, opts Options) {
 		"--iptables=false",
 		"--ip-forward=false",
 		"--bridge=none",
+		// User networks' subnets come from pools the whole host shares
+		// (every engine's bridges are routes in its one network
+		// namespace). The defaults hold 31 networks, which parallel tests
+		// on several engines exhaust ("could not find an available,
+		// non-overlapping IPv4 address pool"); /24s out of 172.16.0.0/12
+		// are 4096, and each engine skips the ones another one's routes
+		// already take.
+		"--default-address-pool", "base=172.16.0.0/12,size=24",
 	}
 	args = append(args, opts.ExtraArgs...)
 	e.cmd.Args = append([]string{e.cmd.Path}, args...)
