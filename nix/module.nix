@@ -64,11 +64,13 @@ let
   auditDirRules = lib.optional (auditToFile && auditDir != "/var/log/prune-guard")
     "d ${quotePath auditDir} 0750 root root -";
 
-  # prune-guard reads its policy, talks to dockerd over unix sockets and
-  # appends to its audit log; it needs nothing else (packaging/systemd has
-  # the same sandbox for other distributions).
+  # prune-guard reads its policy, talks to dockerd over unix sockets,
+  # appends to its audit log and reads /proc to recognise CI jobs that run
+  # on the host; it needs nothing else (packaging/systemd has the same
+  # sandbox for other distributions). Reading another process's
+  # environment needs CAP_SYS_PTRACE; nothing is ever traced.
   sandbox = {
-    CapabilityBoundingSet = "";
+    CapabilityBoundingSet = "CAP_SYS_PTRACE";
     NoNewPrivileges = true;
     ProtectSystem = "strict";
     ProtectHome = true;
