@@ -8,7 +8,7 @@
 # from a socket unit that listens before docker.service starts, adds it to
 # dockerd's "authorization-plugins" in daemon.json, and can run
 # "prune-guard reclaim" from a timer instead of an "autoPrune --all".
-{ config, lib, pkgs, ... }:
+{ config, lib, pkgs, utils, ... }:
 
 let
   inherit (lib) literalExpression mkEnableOption mkIf mkMerge mkOption types;
@@ -17,6 +17,20 @@ let
   docker = config.virtualisation.docker;
 
   exe = "${cfg.package}/bin/prune-guard";
+
+  # A duration that prune-guard's flags accept: what Go's
+  # time.ParseDuration reads, but never negative ("1h", "90m", "1h30m",
+  # "1.5h", "0"), so that a value can carry neither a second argument nor a
+  # newline into the unit file.
+  goDuration = types.strMatching "[+]?(0|(([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)";
+
+  # One path as one word of a unit setting that lists paths
+  # (ReadWritePaths=) or of a tmpfiles.d(5) line: double-quoted with C
+  # escapes (JSON's are a subset of what systemd reads), and % doubled so
+  # that no specifier is expanded. $ is not expanded in either place, so
+  # it stays as it is (utils.escapeSystemdExecArg, for Exec* lines, also
+  # doubles it).
+  quotePath = p: lib.replaceStrings [ "%" ] [ "%%" ] (builtins.toJSON p);
 
   # The policy file: cfg.policy, then the dedicated options over it. Keys
   # left out keep their built-in values (docs/policy.md).
@@ -33,20 +47,30 @@ let
     || builtins.match "-[a-zA-Z]*a[a-zA-Z]*" flag != null;
 
   # Where the audit log may be written under ProtectSystem=strict:
-  # /var/log/prune-guard, and another file's directory.
+  # /var/log/prune-guard (LogsDirectory=, which systemd creates), and
+  # another file's directory, made writable with ReadWritePaths=. systemd
+  # refuses to start a unit whose ReadWritePaths= entry is missing
+  # (226/NAMESPACE), and prune-guard creates its file but no directory, so
+  # a tmpfiles rule creates any directory but /var/log/prune-guard itself,
+  # at boot and on every switch (systemd-tmpfiles-resetup.service).
+  auditDir = dirOf cfg.auditLog;
+  auditToFile = cfg.auditLog != "-";
+  underLogs = auditDir == "/var/log/prune-guard" || lib.hasPrefix "/var/log/prune-guard/" auditDir;
   auditPaths = {
     LogsDirectory = "prune-guard";
     LogsDirectoryMode = "0750";
-    ReadWritePaths = lib.optional
-      (cfg.auditLog != "-" && !lib.hasPrefix "/var/log/prune-guard/" cfg.auditLog)
-      (dirOf cfg.auditLog);
+    ReadWritePaths = lib.optional (auditToFile && !underLogs) (quotePath auditDir);
   };
+  auditDirRules = lib.optional (auditToFile && auditDir != "/var/log/prune-guard")
+    "d ${quotePath auditDir} 0750 root root -";
 
-  # prune-guard reads its policy, talks to dockerd over unix sockets and
-  # appends to its audit log; it needs nothing else (packaging/systemd has
-  # the same sandbox for other distributions).
+  # prune-guard reads its policy, talks to dockerd over unix sockets,
+  # appends to its audit log and reads /proc to recognise CI jobs that run
+  # on the host; it needs nothing else (packaging/systemd has the same
+  # sandbox for other distributions). Reading another process's
+  # environment needs CAP_SYS_PTRACE; nothing is ever traced.
   sandbox = {
-    CapabilityBoundingSet = "";
+    CapabilityBoundingSet = "CAP_SYS_PTRACE";
     NoNewPrivileges = true;
     ProtectSystem = "strict";
     ProtectHome = true;
@@ -91,6 +115,8 @@ in
           mode = "warn";
           protect.labels = [ "prune-guard.keep=true" "ci.base-image=true" ];
           audit = "all";
+          run.grace = "5m";
+          run.detectors = { woodpecker = "off"; compose = "ci-*"; };
         }
       '';
       description = ''
@@ -98,7 +124,10 @@ in
         Keys as in the output of `prune-guard policy default` (docs/policy.md); a key
         left out keeps its built-in value, and without `rules` the built-in rules
         apply. `runLabels` and `protectedImages` set `run.labels` and
-        `protect.images` over whatever this sets.
+        `protect.images` over whatever this sets. How CI jobs are recognised is
+        set here too: `run.grace` (how long image deletes stay refused after a
+        job, `"2m"`), `run.detectors` (`{ gitlab = "off"; compose = "ci-*"; }`)
+        and `run.selectors`. The plugin and `reclaim` read the same file.
       '';
     };
 
@@ -117,10 +146,11 @@ in
     };
 
     auditLog = mkOption {
-      type = types.str;
+      # An absolute file path on one line, or "-".
+      type = types.strMatching "-|/[^\n\r]*[^/\n\r]";
       default = "/var/log/prune-guard/audit.jsonl";
-      example = "-";
-      description = "JSON-lines audit file (created 0600), or `-` for the journal. A file outside /var/log/prune-guard has its directory made writable to the service.";
+      example = "/srv/ci-audit/prune-guard.jsonl";
+      description = "JSON-lines audit file (created 0600), or `-` for the journal. Any path is passed to prune-guard as it is written (spaces, `%` and `$` included). A directory other than /var/log/prune-guard is created (0750, root) by systemd-tmpfiles at boot and on switch, and made writable to the service.";
     };
 
     reclaim = {
@@ -139,14 +169,14 @@ in
       };
 
       minAge = mkOption {
-        type = types.str;
+        type = goDuration;
         default = "1h";
         example = "24h";
-        description = "Never remove an image first seen or last used less than this long ago (a Go duration).";
+        description = "Never remove an image first seen or last used less than this long ago: a Go duration such as `90m`, `24h` or `1h30m` (units `ns`, `us`, `ms`, `s`, `m`, `h`; no days).";
       };
 
       dates = mkOption {
-        type = types.str;
+        type = types.singleLineStr;
         default = "hourly";
         example = "*:0/15";
         description = "When to run, as a systemd calendar event (systemd.time(7)).";
@@ -172,14 +202,22 @@ in
           message = "services.prune-guard sets virtualisation.docker.daemon.settings.\"authorization-plugins\"; remove --authorization-plugin from virtualisation.docker.extraOptions (dockerd will not start with both).";
         }
         {
-          assertion = cfg.auditLog == "-" || lib.hasPrefix "/" cfg.auditLog;
-          message = "services.prune-guard.auditLog must be an absolute path or \"-\".";
+          # Only in nixpkgs that have the option (24.11 and later); on
+          # older ones the attribute is missing and this holds.
+          assertion = !(docker.autoPrune.allVolumes.enable or false);
+          message = "virtualisation.docker.autoPrune.allVolumes.enable runs `docker volume prune --all`, which prune-guard refuses (rule no-volume-prune-all: it removes named volumes), so docker-prune.service would fail every time. Set it to false; remove a volume you mean to lose with `docker volume rm NAME`, and free image disk space with services.prune-guard.reclaim.enable = true.";
         }
         {
           assertion = !cfg.reclaim.enable || cfg.reclaim.lowPercent < cfg.reclaim.highPercent;
           message = "services.prune-guard.reclaim.lowPercent must be below highPercent.";
         }
       ];
+
+      # docker system prune -f is refused while a CI job is active (rule
+      # no-prune-during-run), so the autoPrune timer fails on busy hosts.
+      warnings = lib.optional docker.autoPrune.enable "virtualisation.docker.autoPrune runs `docker system prune -f`, which prune-guard refuses while a CI job is active (rule no-prune-during-run), so docker-prune.service fails whenever its timer fires during a job. services.prune-guard.reclaim frees disk space without that failure: it skips a pass while a job is active and removes images only under disk pressure.";
+
+      systemd.tmpfiles.rules = auditDirRules;
 
       # Merged with any other authorization plugins; never also
       # --authorization-plugin in extraOptions (see the assertion).
@@ -204,11 +242,15 @@ in
         description = "prune-guard Docker authorization plugin";
         documentation = [ "https://github.com/prune-guard/prune-guard/blob/main/docs/install.md" ];
         requires = [ "prune-guard.socket" ];
-        after = [ "prune-guard.socket" ];
+        # After the tmpfiles rules re-applied on switch, which create the
+        # audit log's directory.
+        after = [ "prune-guard.socket" "systemd-tmpfiles-resetup.service" ];
         before = [ "docker.service" ];
         serviceConfig = sandbox // auditPaths // {
           Type = "exec";
-          ExecStart = "${exe} serve --policy ${policyFile} --audit-log ${cfg.auditLog}";
+          # Each value one argument, with no specifier or variable expanded
+          # (nixpkgs' docker-prune does the same).
+          ExecStart = utils.escapeSystemdExecArgs [ exe "serve" "--policy" policyFile "--audit-log" cfg.auditLog ];
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
           Restart = "on-failure";
           RestartSec = "1s";
@@ -228,12 +270,16 @@ in
         description = "prune-guard reclaim: free disk space without evicting recent images";
         documentation = [ "https://github.com/prune-guard/prune-guard/blob/main/docs/install.md" ];
         requires = [ "docker.service" ];
-        after = [ "docker.service" ];
+        after = [ "docker.service" "systemd-tmpfiles-resetup.service" ];
         serviceConfig = sandbox // auditPaths // {
           Type = "oneshot";
-          # The same policy file (run labels, protected images) and audit
-          # log as the plugin.
-          ExecStart = "${exe} reclaim --policy ${policyFile} --audit-log ${cfg.auditLog} --high ${toString cfg.reclaim.highPercent} --low ${toString cfg.reclaim.lowPercent} --min-age ${cfg.reclaim.minAge}";
+          # The same policy file (run labels, protected images, detectors,
+          # grace) and audit log as the plugin.
+          ExecStart = utils.escapeSystemdExecArgs [
+            exe "reclaim" "--policy" policyFile "--audit-log" cfg.auditLog
+            "--high" (toString cfg.reclaim.highPercent) "--low" (toString cfg.reclaim.lowPercent)
+            "--min-age" cfg.reclaim.minAge
+          ];
           # reclaim remembers when it last saw each image in use
           # (/var/lib/prune-guard/reclaim-state.json).
           StateDirectory = "prune-guard";
