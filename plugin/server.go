@@ -1,15 +1,16 @@
 package plugin
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -17,80 +18,80 @@ import (
 	"github.com/docker/go-plugins-helpers/sdk"
 )
 
-// maxCallSize bounds one plugin call. dockerd forwards request bodies under
-// 1 MiB (base64 in the call) and headers; anything near this limit did not
-// come from dockerd.
-const maxCallSize = 16 << 20
+// maxCallSize bounds one AuthZReq call, from the largest dockerd can send:
+// a 4 MiB request body (29.3.1 and later; 1 MiB before) is 5.33 MiB of
+// base64, and the URI and headers, which dockerd's server reads at most
+// 1 MiB + 4 KiB of, grow at most sixfold as JSON strings (\u0026, \ufffd):
+// 11.4 MiB in all. A longer call did not come from dockerd and is refused,
+// read past without being kept (DECISIONS.md).
+const maxCallSize = 12 << 20
 
 // Handler returns the plugin protocol's HTTP handler for g, plus GET
 // /status and GET /metrics for "prune-guard status" and scrapers that can
 // reach the socket.
 //
 // It speaks the protocol with go-plugins-helpers' wire types, but decodes
-// calls itself: the helper's handler answers a call it cannot decode with
-// 400 and then still asks the plugin about an empty request, while
-// prune-guard answers such a call with an explicit deny that says why.
+// calls itself (decode.go): the helper's handler answers a call it cannot
+// decode with 400 and then still asks the plugin about an empty request,
+// while prune-guard answers such a call with an explicit deny that says why.
+// Serve answers the two authorization calls on a lean connection loop of
+// its own (conn.go) and everything else through this handler.
 func Handler(g *Guard) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+	h := &protocolHandler{g: g, mux: http.NewServeMux()}
+	h.decoders.New = func() any { return &pooledDecoder{br: bufio.NewReaderSize(nil, readBufSize)} }
+	h.mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(g.Status(r.Context()))
 	})
-	mux.Handle("GET /metrics", MetricsHandler(g))
-	mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
+	h.mux.Handle("GET /metrics", MetricsHandler(g))
+	h.mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, struct{ Implements []string }{[]string{authorization.AuthZApiImplements}})
 	})
-	mux.HandleFunc("POST /"+authorization.AuthZApiRequest, func(w http.ResponseWriter, r *http.Request) {
-		req, err := decodeCall(w, r)
-		if err != nil {
-			writeJSON(w, authorization.Response{Allow: false,
-				Msg: "prune-guard: malformed authorization call refused: " + err.Error()})
-			return
-		}
-		writeJSON(w, g.AuthZReq(r.Context(), req))
+	h.mux.HandleFunc("POST /"+authorization.AuthZApiRequest, h.authZReq)
+	h.mux.HandleFunc("POST /"+authorization.AuthZApiResponse, func(w http.ResponseWriter, r *http.Request) {
+		// The response phase cannot stop anything, so it is allowed
+		// unread, whatever the call holds.
+		_, _ = io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, maxCallSize))
+		writeBody(w, allowBody)
 	})
-	mux.HandleFunc("POST /"+authorization.AuthZApiResponse, func(w http.ResponseWriter, r *http.Request) {
-		// The response phase cannot stop anything, so a call that does not
-		// decode is still allowed rather than hiding the daemon's answer.
-		req, _ := decodeCall(w, r)
-		writeJSON(w, g.AuthZRes(r.Context(), req))
-	})
-	return mux
+	return h
 }
 
-// call is the part of authorization.Request prune-guard reads. Peer
-// certificates stay raw: the helper's PeerCertificate decoder dereferences a
-// nil PEM block on malformed input, and no decision here uses them.
-type call struct {
-	User             string            `json:"User"`
-	UserAuthNMethod  string            `json:"UserAuthNMethod"`
-	RequestMethod    string            `json:"RequestMethod"`
-	RequestURI       string            `json:"RequestUri"`
-	RequestBody      []byte            `json:"RequestBody"`
-	RequestHeaders   map[string]string `json:"RequestHeaders"`
-	RequestPeerCerts json.RawMessage   `json:"RequestPeerCertificates"`
+// protocolHandler is the handler Handler returns; Serve recognises it.
+type protocolHandler struct {
+	g        *Guard
+	mux      *http.ServeMux
+	decoders sync.Pool // of *pooledDecoder
 }
 
-func decodeCall(w http.ResponseWriter, r *http.Request) (authorization.Request, error) {
-	var c call
+type pooledDecoder struct {
+	dec decoder
+	br  *bufio.Reader
+}
+
+func (h *protocolHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// authZReq decides an AuthZReq call that came through net/http (a chunked
+// or 100-continue call, or a test): the same decoder, over the body.
+func (h *protocolHandler) authZReq(w http.ResponseWriter, r *http.Request) {
 	// A slow body cannot hold a goroutine forever; the error, if any, is
 	// only that the writer does not support deadlines (tests).
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(callReadTimeout))
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCallSize))
-	if err := dec.Decode(&c); err != nil {
-		return authorization.Request{}, fmt.Errorf("decode call: %w", err)
+	pd := h.decoders.Get().(*pooledDecoder)
+	pd.br.Reset(http.MaxBytesReader(w, r.Body, maxCallSize))
+	req, err := pd.dec.decode(pd.br, -1)
+	pd.br.Reset(nil)
+	h.decoders.Put(pd)
+	if err != nil {
+		writeBody(w, denyBody(fmt.Errorf("decode call: %w", err)))
+		return
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return authorization.Request{}, errors.New("decode call: trailing data after the request object")
-	}
-	return authorization.Request{
-		User:            c.User,
-		UserAuthNMethod: c.UserAuthNMethod,
-		RequestMethod:   c.RequestMethod,
-		RequestURI:      c.RequestURI,
-		RequestBody:     c.RequestBody,
-		RequestHeaders:  c.RequestHeaders,
-	}, nil
+	writeBody(w, h.respond(r.Context(), req))
+}
+
+func writeBody(w http.ResponseWriter, body []byte) {
+	w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
+	_, _ = w.Write(body) // the daemon treats a broken answer as a deny
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -160,7 +161,14 @@ const callReadTimeout = 30 * time.Second
 
 // Serve answers plugin calls on l until ctx ends, then stops accepting and
 // lets calls in flight finish (bounded by o.Drain).
+//
+// For the protocol handler (Handler), the two authorization calls are
+// answered on the lean connection loop (conn.go) and every other request
+// through h; any other handler is served by net/http alone.
 func Serve(ctx context.Context, l net.Listener, h http.Handler, o ServeOptions) error {
+	if ph, ok := h.(*protocolHandler); ok {
+		return serveLean(ctx, l, ph, o)
+	}
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -51,6 +51,15 @@
 #                    (to test the harness before prune-guard builds)
 #   JSON=1           print loadgen's JSON instead of the table
 #   KEEP=1           keep the temp dir (daemon logs, audit log) for a look
+#   BEFORE_BIN=PATH  add a fourth target, `before`: this prune-guard binary
+#                    (an older build), run like guard, in the same rounds
+#   LOAD_PATH=PATH   the GET to load (/v1.41/containers/json); with
+#   TAGS=N           N extra tags of the fixture image per daemon (0), so
+#                    that LOAD_PATH=/v1.41/images/json TAGS=2000 answers
+#                    ~62 KiB, which dockerd sends whole in every AuthZRes
+#   BURST=0          skip the memory burst: after the load, CALLS (32)
+#                    concurrent SIZE_MIB (14) MiB calls straight to each
+#                    plugin's socket, reporting idle and peak RSS
 #   PG_ENGINE=NAME   run on an engine scripts/engines.sh provisioned (20.10,
 #                    26.1, 28.5, 28.5-containerd, 29): its binaries first on
 #                    PATH, its daemon.json; unset, dockerd and docker from PATH
@@ -80,7 +89,18 @@ FLOOR_NAME=pgbench-floor-$$
 GUARD_NAME=pgbench-guard-$$
 FLOOR_SOCK=$PLUGIN_DIR/$FLOOR_NAME.sock
 GUARD_SOCK=$PLUGIN_DIR/$GUARD_NAME.sock
+BEFORE_BIN=${BEFORE_BIN:-}
+LOAD_PATH=${LOAD_PATH:-/v1.41/containers/json}
+TAGS=${TAGS:-0}
+BURST=${BURST:-1}
+CALLS=${CALLS:-32}
+SIZE_MIB=${SIZE_MIB:-14}
+BEFORE_NAME=pgbench-before-$$
+BEFORE_SOCK=$PLUGIN_DIR/$BEFORE_NAME.sock
 TARGETS=(none floor guard)
+if [[ -n $BEFORE_BIN ]]; then
+	TARGETS=(none floor before guard)
+fi
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
 die() {
@@ -95,6 +115,7 @@ logtail() {
 }
 
 [[ $(id -u) == 0 ]] || die "must run as root (dockerd needs it)"
+[[ -z $BEFORE_BIN || -x $BEFORE_BIN ]] || die "BEFORE_BIN=$BEFORE_BIN is not executable"
 if [[ -n $PG_ENGINE ]]; then
 	ENGINE_DIR=$PG_CACHE/engines/$PG_ENGINE
 	[[ -x $ENGINE_DIR/bin/dockerd ]] || die "engine $PG_ENGINE is not provisioned (sudo bash scripts/engines.sh provision $PG_ENGINE)"
@@ -147,7 +168,7 @@ cleanup() {
 	for pid in "${PLUGIN_PIDS[@]}"; do
 		stop "$pid" 5
 	done
-	rm -f "$FLOOR_SOCK" "$GUARD_SOCK"
+	rm -f "$FLOOR_SOCK" "$GUARD_SOCK" "$BEFORE_SOCK"
 	# Same for mounts: dockerd unmounts its data root on a clean shutdown
 	# only. Deepest first, so parents are free when their turn comes.
 	awk -v w="$W/" 'index($2, w) == 1 { print $2 }' /proc/self/mounts | sort -r |
@@ -170,7 +191,8 @@ BIN=$W/bin
 mkdir -p "$BIN"
 log "building noopplugin and loadgen"
 (cd "$ROOT" && go build -o "$BIN/noopplugin" ./bench/overhead/noopplugin &&
-	go build -o "$BIN/loadgen" ./bench/overhead/loadgen) || die "build failed"
+	go build -o "$BIN/loadgen" ./bench/overhead/loadgen &&
+	go build -o "$BIN/burst" ./bench/overhead/burst) || die "build failed"
 
 case $GUARD_BIN in
 noop)
@@ -225,6 +247,14 @@ GUARD_PLUGIN_PID=$!
 PLUGIN_PIDS+=("$GUARD_PLUGIN_PID")
 wait_plugin guard-plugin "$GUARD_SOCK" "$GUARD_PLUGIN_PID"
 
+if [[ -n $BEFORE_BIN ]]; then
+	"$BEFORE_BIN" serve --socket "$BEFORE_SOCK" --docker-host "unix://$W/before/d.sock" \
+		--audit-log "$W/before-audit.jsonl" >"$W/before-plugin.log" 2>&1 &
+	BEFORE_PLUGIN_PID=$!
+	PLUGIN_PIDS+=("$BEFORE_PLUGIN_PID")
+	wait_plugin before-plugin "$BEFORE_SOCK" "$BEFORE_PLUGIN_PID"
+fi
+
 # --- daemons ------------------------------------------------------------
 
 # start_daemon TARGET [DOCKERD FLAGS...]
@@ -259,6 +289,7 @@ log "starting dockerds in $W"
 start_daemon none
 start_daemon floor --authorization-plugin="$FLOOR_NAME"
 start_daemon guard --authorization-plugin="$GUARD_NAME"
+[[ -n $BEFORE_BIN ]] && start_daemon before --authorization-plugin="$BEFORE_NAME"
 for t in "${TARGETS[@]}"; do
 	wait_daemon "$t"
 done
@@ -290,6 +321,41 @@ for t in "${TARGETS[@]}"; do
 	done
 done
 
+# TAGS extra names for the fixture image, in one `docker load` of the saved
+# image with its manifest's RepoTags rewritten: thousands of `docker tag`
+# calls would take minutes. Long names, so 2000 of them make /images/json
+# answer about 62 KiB, just under the 64 KiB dockerd forwards to AuthZRes.
+if ((TAGS > 0)); then
+	docker -H "unix://$W/none/d.sock" save -o "$W/image.tar" pgbench:latest || die "docker save failed"
+	python3 - "$W/image.tar" "$W/tags.tar" "$TAGS" <<'PY' || die "rewriting the image's tags failed"
+import io, json, sys, tarfile
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tags = ["pgbench-large-response:t%05d" % i for i in range(n)]
+with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+    for m in tin.getmembers():
+        f = tin.extractfile(m) if m.isfile() else None
+        if m.name == "manifest.json":
+            man = json.load(f)
+            man[0]["RepoTags"] = ["pgbench:latest"] + tags
+            data = json.dumps(man).encode()
+            m.size = len(data)
+            f = io.BytesIO(data)
+        elif m.name == "repositories":
+            continue  # legacy; manifest.json names the tags
+        tout.addfile(m, f)
+PY
+	for t in "${TARGETS[@]}"; do
+		log "loading $TAGS tags on $t"
+		docker -H "unix://$W/$t/d.sock" load -q -i "$W/tags.tar" >/dev/null || die "docker load on $t failed"
+	done
+	log "GET $LOAD_PATH answers $(curl -s --unix-socket "$W/none/d.sock" "http://docker$LOAD_PATH" | wc -c) bytes"
+fi
+
+# Idle memory, before any load (VmRSS, kB).
+for pid in $FLOOR_PLUGIN_PID ${BEFORE_PLUGIN_PID:-} $GUARD_PLUGIN_PID; do
+	log "plugin pid $pid ($(tr -d '\0' </proc/$pid/cmdline | cut -c1-40)): idle $(awk '/^VmRSS/ { print $2, $3 }' /proc/$pid/status)"
+done
+
 # --- measure ------------------------------------------------------------
 
 # Everything here shares the machine's cores with whatever else runs on it,
@@ -306,18 +372,32 @@ check_load() {
 }
 
 check_load "before measuring"
-args=(--socket "none=$W/none/d.sock,floor=$W/floor/d.sock,guard=$W/guard/d.sock"
+sockets="none=$W/none/d.sock,floor=$W/floor/d.sock"
+[[ -n $BEFORE_BIN ]] && sockets+=",before=$W/before/d.sock"
+sockets+=",guard=$W/guard/d.sock"
+args=(--socket "$sockets" --path "$LOAD_PATH"
 	--cpu-pids "none=${DAEMON_PID[none]}"
-	--cpu-pids "floor=${DAEMON_PID[floor]}+$FLOOR_PLUGIN_PID"
-	--cpu-pids "guard=${DAEMON_PID[guard]}+$GUARD_PLUGIN_PID"
+	--cpu-pids "floor=${DAEMON_PID[floor]}+$FLOOR_PLUGIN_PID" --plugin-pids "floor=$FLOOR_PLUGIN_PID"
+	--cpu-pids "guard=${DAEMON_PID[guard]}+$GUARD_PLUGIN_PID" --plugin-pids "guard=$GUARD_PLUGIN_PID"
 	--concurrency "$CONCURRENCY" --duration "$DURATION" --rounds "$ROUNDS"
 	--warmup "$WARMUP" --pause "$PAUSE")
+if [[ -n $BEFORE_BIN ]]; then
+	args+=(--cpu-pids "before=${DAEMON_PID[before]}+$BEFORE_PLUGIN_PID" --plugin-pids "before=$BEFORE_PLUGIN_PID")
+fi
 [[ -n $JSON ]] && args+=(--json)
 log "measuring: ${TARGETS[*]}, $ROUNDS rounds of $DURATION each, concurrency $CONCURRENCY"
 rc=0
 "$BIN/loadgen" "${args[@]}" || rc=$?
 if [[ -f $W/audit.jsonl ]]; then
 	log "guard audit log: $(wc -l <"$W/audit.jsonl") lines, $(du -h "$W/audit.jsonl" | cut -f1)"
+fi
+if [[ $BURST == 1 ]]; then
+	log "memory burst: $CALLS concurrent $SIZE_MIB MiB calls straight to each plugin's socket"
+	"$BIN/burst" --label floor --socket "$FLOOR_SOCK" --pid "$FLOOR_PLUGIN_PID" --calls "$CALLS" --size-mib "$SIZE_MIB" || rc=1
+	if [[ -n $BEFORE_BIN ]]; then
+		"$BIN/burst" --label before --socket "$BEFORE_SOCK" --pid "$BEFORE_PLUGIN_PID" --calls "$CALLS" --size-mib "$SIZE_MIB" || rc=1
+	fi
+	"$BIN/burst" --label guard --socket "$GUARD_SOCK" --pid "$GUARD_PLUGIN_PID" --calls "$CALLS" --size-mib "$SIZE_MIB" || rc=1
 fi
 # loadgen's verdict (non-zero if any request failed) is the script's.
 [[ $rc == 0 ]] || exit "$rc"

@@ -54,7 +54,10 @@ type target struct {
 	label  string
 	socket string
 	pids   []int // processes whose CPU time serving it is charged to it
-	client *http.Client
+	// pluginPIDs are the plugin's processes among pids, whose CPU time
+	// is also reported on its own.
+	pluginPIDs []int
+	client     *http.Client
 
 	rounds  []round
 	samples []time.Duration // latency of every successful measured request
@@ -71,9 +74,12 @@ type round struct {
 	// during the round, and Other the CPU time the rest of the machine
 	// used, apart from loadgen; -1 if not known. Other is a disturbance:
 	// a round where it is high is a round to distrust.
-	CPU   time.Duration `json:"cpu_ns"`
-	Other time.Duration `json:"other_cpu_ns"`
-	Cores int           `json:"cores,omitempty"`
+	CPU time.Duration `json:"cpu_ns"`
+	// PluginCPU is the part of CPU the plugin's processes
+	// (--plugin-pids) used; -1 if not known.
+	PluginCPU time.Duration `json:"plugin_cpu_ns"`
+	Other     time.Duration `json:"other_cpu_ns"`
+	Cores     int           `json:"cores,omitempty"`
 }
 
 // otherShare returns Other as a fraction of all the cores' time during the
@@ -214,6 +220,8 @@ func main() {
 	flag.Var(&targets, "socket", "dockerd unix socket as `LABEL=PATH`; repeatable or comma-separated")
 	cpuPIDs := make(pidFlag)
 	flag.Var(cpuPIDs, "cpu-pids", "`LABEL=PID[+PID...]`: processes (dockerd, its plugin) whose CPU time per request to report for a target; repeatable")
+	pluginPIDs := make(pidFlag)
+	flag.Var(pluginPIDs, "plugin-pids", "`LABEL=PID[+PID...]`: the plugin's processes, whose CPU time per request is also reported on its own; repeatable")
 	flag.IntVar(&cfg.concurrency, "concurrency", 8, "concurrent keep-alive connections per target")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of one target's turn in a round")
 	flag.IntVar(&cfg.rounds, "rounds", 6, "number of interleaved rounds; a multiple of twice the targets balances the order")
@@ -234,6 +242,14 @@ func main() {
 	if err := cpuPIDs.attach(targets); err != nil {
 		log.Print(err)
 		os.Exit(2)
+	}
+	for label, pids := range pluginPIDs {
+		i := slices.IndexFunc(targets, func(t *target) bool { return t.label == label })
+		if i < 0 {
+			log.Printf("--plugin-pids: no target labelled %q", label)
+			os.Exit(2)
+		}
+		targets[i].pluginPIDs = pids
 	}
 	for _, t := range targets {
 		t.client = newClient(t.socket, cfg)
@@ -396,6 +412,7 @@ func (b *bench) runRound(ctx context.Context, t *target, d time.Duration) roundR
 	results := make([]workerResult, concurrency)
 
 	before, beforeErr := takeCPUSnapshot(t.pids)
+	pluginBefore, pluginBeforeErr := cpuTime(t.pluginPIDs)
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
@@ -423,8 +440,12 @@ func (b *bench) runRound(ctx context.Context, t *target, d time.Duration) roundR
 	}
 	wg.Wait()
 
-	out := roundResult{round: round{Elapsed: time.Since(start), CPU: -1, Other: -1}}
+	out := roundResult{round: round{Elapsed: time.Since(start), CPU: -1, Other: -1, PluginCPU: -1}}
 	after, afterErr := takeCPUSnapshot(t.pids)
+	pluginAfter, pluginAfterErr := cpuTime(t.pluginPIDs)
+	if cmp.Or(pluginBeforeErr, pluginAfterErr) == nil && len(t.pluginPIDs) > 0 {
+		out.PluginCPU = pluginAfter - pluginBefore
+	}
 	if err := cmp.Or(beforeErr, afterErr); err != nil {
 		// The request errors, if any, say more; this only costs
 		// the round its CPU figures.
@@ -598,6 +619,12 @@ type TargetReport struct {
 	CPUVsBaseline      float64       `json:"cpu_vs_baseline,omitempty"`
 	RoundCPUVsBaseline []float64     `json:"round_cpu_vs_baseline,omitempty"`
 
+	// The same for the plugin's processes alone (--plugin-pids).
+	PluginCPUPerRequest      time.Duration `json:"plugin_cpu_per_request_ns,omitempty"`
+	RoundPluginCPUPerRequest []float64     `json:"round_plugin_cpu_per_request_us,omitempty"`
+	PluginCPUVsBaseline      float64       `json:"plugin_cpu_vs_baseline,omitempty"`
+	RoundPluginCPUVsBaseline []float64     `json:"round_plugin_cpu_vs_baseline,omitempty"`
+
 	// RoundOtherShare is, per round, the fraction of the machine's CPU
 	// time that went neither to this target nor to loadgen.
 	RoundOtherShare []float64 `json:"round_other_cpu_share,omitempty"`
@@ -619,8 +646,8 @@ func report(targets []*target, cfg config) Report {
 			Rounds:    t.rounds,
 			LastError: t.lastErr,
 		}
-		var elapsed, cpu time.Duration
-		var cpuOK int64
+		var elapsed, cpu, pluginCPU time.Duration
+		var cpuOK, pluginOK int64
 		for _, r := range t.rounds {
 			tr.Requests += r.OK
 			elapsed += r.Elapsed
@@ -629,6 +656,15 @@ func report(targets []*target, cfg config) Report {
 			if ok {
 				cpu += r.CPU
 				cpuOK += r.OK
+			}
+			if len(t.pluginPIDs) > 0 {
+				us := 0.0
+				if r.PluginCPU >= 0 && r.OK > 0 {
+					pluginCPU += r.PluginCPU
+					pluginOK += r.OK
+					us = float64(r.PluginCPU) / float64(r.OK) / float64(time.Microsecond)
+				}
+				tr.RoundPluginCPUPerRequest = append(tr.RoundPluginCPUPerRequest, us)
 			}
 			if len(t.pids) > 0 {
 				tr.RoundCPUPerRequest = append(tr.RoundCPUPerRequest, float64(perReq)/float64(time.Microsecond))
@@ -641,6 +677,9 @@ func report(targets []*target, cfg config) Report {
 		}
 		if cpuOK > 0 {
 			tr.CPUPerRequest = cpu / time.Duration(cpuOK)
+		}
+		if pluginOK > 0 {
+			tr.PluginCPUPerRequest = pluginCPU / time.Duration(pluginOK)
 		}
 		tr.MedianRPS = median(tr.RoundRPS)
 		slices.Sort(t.samples)
@@ -663,6 +702,8 @@ func report(targets []*target, cfg config) Report {
 		t.VsBaseline = median(t.RoundVsBaseline)
 		t.RoundCPUVsBaseline = pairedRatios(t.RoundCPUPerRequest, base.RoundCPUPerRequest)
 		t.CPUVsBaseline = median(t.RoundCPUVsBaseline)
+		t.RoundPluginCPUVsBaseline = pairedRatios(t.RoundPluginCPUPerRequest, base.RoundPluginCPUPerRequest)
+		t.PluginCPUVsBaseline = median(t.RoundPluginCPUVsBaseline)
 	}
 	return rep
 }
@@ -710,12 +751,16 @@ func printTable(w io.Writer, rep Report) error {
 	fmt.Fprintf(w, "GET %s  concurrency=%d  rounds=%d×%s (interleaved, order rotated and reversed)\n\n",
 		rep.Path, rep.Concurrency, rep.Rounds, rep.Duration)
 	withCPU := slices.ContainsFunc(rep.Targets, func(t TargetReport) bool { return len(t.PIDs) > 0 })
+	withPlugin := slices.ContainsFunc(rep.Targets, func(t TargetReport) bool { return t.PluginCPUPerRequest > 0 })
 	base := cmp.Or(rep.Baseline, "baseline")
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "target\trequests\terrors\treq/s median\treq/s overall\tp50\tp99\tvs %s\tper-round range\t", base)
 	if withCPU {
 		fmt.Fprintf(tw, "cpu/req\tcpu/req vs %s\tper-round range\t", base)
+	}
+	if withPlugin {
+		fmt.Fprintf(tw, "plugin cpu/req\tvs %s\tper-round range\t", base)
 	}
 	fmt.Fprintln(tw)
 	for _, t := range rep.Targets {
@@ -728,6 +773,13 @@ func printTable(w io.Writer, rep Report) error {
 				cpu = fmt.Sprintf("%.0fµs", float64(t.CPUPerRequest)/float64(time.Microsecond))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t", cpu, ratio(t.CPUVsBaseline), spread(t.RoundCPUVsBaseline))
+		}
+		if withPlugin {
+			cpu := "-"
+			if t.PluginCPUPerRequest > 0 {
+				cpu = fmt.Sprintf("%.0fµs", float64(t.PluginCPUPerRequest)/float64(time.Microsecond))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t", cpu, ratio(t.PluginCPUVsBaseline), spread(t.RoundPluginCPUVsBaseline))
 		}
 		fmt.Fprintln(tw)
 	}
@@ -743,6 +795,14 @@ func printTable(w io.Writer, rep Report) error {
 		fmt.Fprintln(w, "\nCPU µs per request per round (the target's dockerd and plugin):")
 		for _, t := range rep.Targets {
 			fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundCPUPerRequest))
+		}
+		if withPlugin {
+			fmt.Fprintln(w, "\nplugin CPU µs per request per round (the plugin process alone):")
+			for _, t := range rep.Targets {
+				if len(t.RoundPluginCPUPerRequest) > 0 {
+					fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundPluginCPUPerRequest))
+				}
+			}
 		}
 		fmt.Fprintln(w, "\nother processes' CPU per round, % of the machine (high: that turn was disturbed):")
 		for _, t := range rep.Targets {
