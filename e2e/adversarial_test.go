@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/prune-guard/prune-guard/internal/enginetest"
 )
@@ -573,6 +572,22 @@ func (ae *advEngine) victimExists(t *testing.T, c advCase, ref advRef) bool {
 // so the guarded daemon there fetches the same context from a URL on this
 // machine's loopback instead: no body, the same cache.
 func (ae *advEngine) buildWithBuildKit(t *testing.T) {
+	// On 29 (containerd image store), under the load of the whole suite,
+	// a build can leave only unshared records: seen in both full runs of
+	// the suite on 29 and in none of three runs of this test alone.
+	// Another build with other content is tried before giving up.
+	const attempts = 3
+	for i := 1; i <= attempts; i++ {
+		ae.buildOnce(t)
+		if ae.sharedBuildCache(t) > 0 {
+			return
+		}
+		t.Logf("BuildKit build %d of %d left no shared cache record: %s", i, attempts, ae.a.must("GET", "/v1.41/system/df", "", nil))
+	}
+	t.Fatalf("%d BuildKit builds left no shared cache record", attempts)
+}
+
+func (ae *advEngine) buildOnce(t *testing.T) {
 	ctx := tarOf(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY f /f\n", "f": enginetest.Nonce(t)})
 	target := "/v1.41/build?version=2&t=pg-adv-bk:" + enginetest.Nonce(t)
 	var body []byte
@@ -590,10 +605,6 @@ func (ae *advEngine) buildWithBuildKit(t *testing.T) {
 	if strings.Contains(string(out), `"error"`) {
 		t.Fatalf("BuildKit build failed: %s", out)
 	}
-	// The containerd image store (29) can answer the build before the
-	// cache record it shares with the image shows as shared in
-	// /system/df (seen once on 29).
-	waitFor(t, 10*time.Second, "a shared build cache record after a BuildKit build", func() bool { return ae.sharedBuildCache(t) > 0 })
 }
 
 // sharedBuildCache counts the build cache records shared with images.

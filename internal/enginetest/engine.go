@@ -262,7 +262,9 @@ func (e *Engine) stop(t testing.TB) {
 	case <-e.exited:
 		t.Errorf("enginetest: dockerd exited during the test: %v", e.err)
 	default:
+		e.removeNetworks(t)
 		e.leaveSwarm(t)
+		e.removeNetworks(t) // docker_gwbridge, once the swarm is left
 		if err := e.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Logf("enginetest: SIGTERM dockerd: %v", err)
 		}
@@ -320,6 +322,42 @@ func (e *Engine) removeContainers(t testing.TB) []string {
 		resp.Body.Close()
 	}
 	return ids
+}
+
+// removeNetworks removes the engine's own local networks. dockerd keeps a
+// network's bridge interface on the host when it stops (networks outlive a
+// restart), and its data root is deleted afterwards, so a network a test
+// left behind would leave a bridge nobody removes; once the private address
+// pools are all taken by such bridges, no engine on the host can create a
+// network ("all predefined address pools have been fully subnetted").
+func (e *Engine) removeNetworks(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	resp, err := e.api(ctx, http.MethodGet, "/networks")
+	if err != nil {
+		t.Logf("enginetest: listing networks for cleanup: %v", err)
+		return
+	}
+	var list []struct{ ID, Name, Scope string }
+	if err := decodeJSON(resp, &list); err != nil {
+		t.Logf("enginetest: listing networks for cleanup: %v", err)
+		return
+	}
+	for _, n := range list {
+		if n.Scope != "local" || n.Name == "bridge" || n.Name == "host" || n.Name == "none" {
+			continue
+		}
+		resp, err := e.api(ctx, http.MethodDelete, "/networks/"+n.ID)
+		if err != nil {
+			t.Logf("enginetest: removing network %s: %v", n.Name, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusNotFound {
+			t.Logf("enginetest: removing network %s: %s", n.Name, resp.Status)
+		}
+	}
 }
 
 // leaveSwarm leaves the swarm if the engine is in one; 503 means it is not.

@@ -14,7 +14,7 @@ import (
 // every helper, then checks that its cleanup removed its directory, mounts
 // and processes, containers and swarm included.
 func TestEngineLeavesNothingBehind(t *testing.T) {
-	var root string
+	var root, bridge string
 	t.Run("engine", func(t *testing.T) {
 		e := Start(t, Options{})
 		root = e.root
@@ -50,8 +50,15 @@ func TestEngineLeavesNothingBehind(t *testing.T) {
 			t.Fatal("tag made through raw HTTP not found")
 		}
 
-		// Left for cleanup to remove: a running and a paused container
-		// and a swarm with a service.
+		// Left for cleanup to remove: a network (its bridge is on the
+		// host), a running and a paused container and a swarm with a
+		// service.
+		netID := strings.TrimSpace(e.MustDocker(t, "network", "create", "pg-self-net"))
+		bridge = "/sys/class/net/br-" + netID[:min(12, len(netID))]
+		if _, err := os.Stat(bridge); err != nil {
+			t.Logf("network pg-self-net has no bridge at %s (%v)", bridge, err)
+			bridge = ""
+		}
 		e.MustDocker(t, "run", "-d", "--label", "pg.test=running", "pg-self:1")
 		paused := strings.TrimSpace(e.MustDocker(t, "run", "-d", "pg-self:1"))
 		if _, _, err := e.Docker(t, "pause", paused); err != nil {
@@ -66,6 +73,11 @@ func TestEngineLeavesNothingBehind(t *testing.T) {
 	}
 	if _, err := os.Stat(root); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("engine directory %s still exists after cleanup (stat: %v)", root, err)
+	}
+	if bridge != "" {
+		if _, err := os.Stat(bridge); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the network's bridge %s is still on the host after cleanup (stat: %v)", bridge, err)
+		}
 	}
 	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
 	if err != nil {
