@@ -3,14 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/moby/moby/client"
 	"github.com/sirupsen/logrus"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 // engineVersion is what GET /version says about the engine.
@@ -27,7 +26,7 @@ func engineWarnings(v engineVersion) []string {
 	// Content-Type application/grpc to the daemon's gRPC server before the
 	// router and every authorization plugin (moby
 	// daemon/command/httphandler.go, commit d210449d85).
-	if compareAPI(v.APIVersion, "1.53") >= 0 {
+	if rules.CompareVersions(v.APIVersion, "1.53") >= 0 {
 		w = append(w, fmt.Sprintf("engine %s (API %s) answers gRPC on its API socket itself: BuildKit's control API, "+
 			"build-cache prune included, reaches it without passing prune-guard or any authorization plugin "+
 			"(see docs/threat-model.md, \"Native gRPC on Docker 29.2 and later\")", v.Version, v.APIVersion))
@@ -35,33 +34,11 @@ func engineWarnings(v engineVersion) []string {
 	// dockerd calls authorization plugins before it checks the request's
 	// API version: on 29.0 to 29.2.1 (minimum API 1.44) a /v1.41/ request
 	// is decided, and audited, and then refused by the daemon.
-	if v.MinAPIVersion != "" && compareAPI(v.MinAPIVersion, "1.41") > 0 {
+	if v.MinAPIVersion != "" && rules.CompareVersions(v.MinAPIVersion, "1.41") > 0 {
 		w = append(w, fmt.Sprintf("engine %s refuses API versions below %s after prune-guard has decided on them: "+
 			"audit lines for such requests record decisions the engine never carried out", v.Version, v.MinAPIVersion))
 	}
 	return w
-}
-
-// compareAPI compares dotted API versions numerically per component, as
-// dockerd does ("1.041" equals "1.41"): -1, 0 or 1.
-func compareAPI(a, b string) int {
-	as, bs := strings.Split(a, "."), strings.Split(b, ".")
-	for i := range max(len(as), len(bs)) {
-		var x, y int
-		if i < len(as) {
-			x, _ = strconv.Atoi(as[i])
-		}
-		if i < len(bs) {
-			y, _ = strconv.Atoi(bs[i])
-		}
-		if x != y {
-			if x < y {
-				return -1
-			}
-			return 1
-		}
-	}
-	return 0
 }
 
 // versionAsker is what the engine check asks; *engine.Client is the real

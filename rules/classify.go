@@ -363,10 +363,13 @@ func boolValue(s string) bool {
 // components compared numerically, a component that does not parse as an int
 // counting as 0, missing components as 0.
 func versionLess(v, other string) bool {
-	return compareVersions(v, other) < 0
+	return CompareVersions(v, other) < 0
 }
 
-func compareVersions(v1, v2 string) int {
+// CompareVersions is moby's api/types/versions compare: dot-separated
+// components numerically ("1.041" equals "1.41"), a component that does not
+// parse counting as 0, missing components as 0; -1, 0 or 1.
+func CompareVersions(v1, v2 string) int {
 	if v1 == v2 {
 		return 0
 	}

@@ -172,8 +172,8 @@ func TestVersionCompareFollowsMoby(t *testing.T) {
 		{"1.x", "1.42", -1},                   // and a non-number counts as 0
 	}
 	for _, tt := range tests {
-		if got := compareVersions(tt.a, tt.b); got != tt.want {
-			t.Errorf("compareVersions(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		if got := CompareVersions(tt.a, tt.b); got != tt.want {
+			t.Errorf("CompareVersions(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
 		}
 	}
 }

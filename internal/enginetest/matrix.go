@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 // The engine a test process runs on is chosen by the environment, so that
@@ -122,27 +124,9 @@ func (id Identity) Accepts(v string) bool {
 // whose maximum API version is 1.53 or later.
 func (id Identity) ServesNativeGRPC() bool { return id.APIAtLeast("1.53") }
 
-// CompareAPIVersions compares dotted API versions numerically per component,
-// as dockerd does ("1.041" equals "1.41"): -1, 0 or 1.
-func CompareAPIVersions(a, b string) int {
-	as, bs := strings.Split(a, "."), strings.Split(b, ".")
-	for i := range max(len(as), len(bs)) {
-		var x, y int
-		if i < len(as) {
-			x, _ = strconv.Atoi(as[i])
-		}
-		if i < len(bs) {
-			y, _ = strconv.Atoi(bs[i])
-		}
-		switch {
-		case x < y:
-			return -1
-		case x > y:
-			return 1
-		}
-	}
-	return 0
-}
+// CompareAPIVersions compares dotted API versions as dockerd does; it is
+// rules.CompareVersions, the one implementation.
+func CompareAPIVersions(a, b string) int { return rules.CompareVersions(a, b) }
 
 // Identity returns what the engine is. It is asked once, when the engine is
 // ready.
