@@ -15,6 +15,7 @@ import (
 	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/reclaim"
+	"github.com/prune-guard/prune-guard/redact"
 )
 
 type reclaimOptions struct {
@@ -180,7 +181,7 @@ func runReclaim(ctx context.Context, o reclaimOptions, cfg reclaim.Config, out, 
 		_, err := r.Once(ctx)
 		return err
 	}
-	al.Event("reclaim watching", map[string]any{"component": "reclaim", "interval": o.watch.String(), "docker_host": audit.Redact(o.dockerHost),
+	al.Event("reclaim watching", map[string]any{"component": "reclaim", "interval": o.watch.String(), "docker_host": redact.String(o.dockerHost),
 		"high": cfg.High, "low": cfg.Low, "min_age": cfg.MinAge.String(), "max_unused": cfg.MaxUnused.String(), "dry_run": cfg.DryRun})
 	err = r.Watch(ctx, o.watch, errOut)
 	al.Event("reclaim stopped", map[string]any{"component": "reclaim"})

@@ -20,6 +20,7 @@ import (
 	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/plugin"
 	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/redact"
 	"github.com/prune-guard/prune-guard/resolve"
 	"github.com/prune-guard/prune-guard/rules"
 	"github.com/prune-guard/prune-guard/runs"
@@ -234,7 +235,7 @@ func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *plugin.G
 		}
 		if err != nil {
 			g.Stats().PolicyRejected()
-			log.WithField("error", audit.Redact(err.Error())).Error("policy rejected; the policy in force stays")
+			log.WithField("error", redact.String(err.Error())).Error("policy rejected; the policy in force stays")
 			al.Event("policy rejected", map[string]any{"error": err.Error(), "policy": g.Config().ShortHash()})
 			return
 		}
@@ -268,7 +269,7 @@ func logStart(log *logrus.Logger, al *audit.Log, o serveOptions, cfg *policy.Con
 	} else {
 		log.Info("host processes are visible: process detectors are active")
 	}
-	log.WithFields(logrus.Fields{"socket": listening, "docker_host": audit.Redact(o.dockerHost), "detectors": cfg.Detection.Names(),
+	log.WithFields(logrus.Fields{"socket": listening, "docker_host": redact.String(o.dockerHost), "detectors": cfg.Detection.Names(),
 		"run_grace": cfg.Detection.Grace.String(), "policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).
 		Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})

@@ -14,10 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/plugin"
 	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/redact"
 	"github.com/prune-guard/prune-guard/runs"
 )
 
@@ -142,7 +142,7 @@ func writeRuns(w io.Writer, st plugin.Status, fromPlugin bool, dockerHost string
 	if !fromPlugin {
 		src = "asked of the engine with the built-in detectors; the teardown grace is known only to a running plugin"
 	}
-	fmt.Fprintf(w, "CI jobs (engine %s, %s):\n", audit.Redact(dockerHost), src)
+	fmt.Fprintf(w, "CI jobs (engine %s, %s):\n", redact.String(dockerHost), src)
 	if p := st.Policy; fromPlugin {
 		fmt.Fprintf(w, "  detectors: %s; teardown grace %s\n", strings.Join(p.Detectors, ", "), p.Grace)
 	}

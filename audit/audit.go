@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prune-guard/prune-guard/redact"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -145,7 +146,7 @@ func (lg *Log) Failures() int64 { return lg.w.failures.Load() }
 
 // Write appends r to the log, redacted, with its time, level and message.
 func (lg *Log) Write(r Record) {
-	r.URI, r.Reason, r.Target, r.Doubt = Redact(r.URI), Redact(r.Reason), Redact(r.Target), Redact(r.Doubt)
+	r.URI, r.Reason, r.Target, r.Doubt = redact.String(r.URI), redact.String(r.Reason), redact.String(r.Target), redact.String(r.Doubt)
 	r.Runs = redactAll(r.Runs)
 	r.Time = time.Now().Format(time.RFC3339Nano)
 	switch r.Decision {
@@ -165,7 +166,7 @@ func (lg *Log) Event(msg string, fields map[string]any) {
 	line := make(map[string]any, len(fields)+3)
 	for k, v := range fields {
 		if s, ok := v.(string); ok {
-			v = Redact(s)
+			v = redact.String(s)
 		}
 		line[k] = v
 	}
@@ -199,7 +200,7 @@ func (lg *Log) Close() error {
 func redactAll(ss []string) []string {
 	out := make([]string, len(ss))
 	for i, s := range ss {
-		out[i] = Redact(s)
+		out[i] = redact.String(s)
 	}
 	return out
 }

@@ -16,7 +16,7 @@ import (
 
 	"github.com/moby/moby/client"
 
-	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/redact"
 )
 
 // Client is the engine API client the packages share.
@@ -31,7 +31,7 @@ func Open(host string) (*Client, error) {
 	// configures for the host's transport.
 	c, err := client.New(client.WithTLSClientConfigFromEnv(), client.WithHost(host))
 	if err != nil {
-		return nil, fmt.Errorf("engine client for %s: %w", audit.Redact(host), err)
+		return nil, fmt.Errorf("engine client for %s: %w", redact.String(host), err)
 	}
 	return c, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/redact"
 	"github.com/prune-guard/prune-guard/resolve"
 	"github.com/prune-guard/prune-guard/rules"
 )
@@ -130,7 +131,7 @@ func (f *facts) Runs() rules.RunState {
 	st := f.g.runs.State(f.ctx, f.cfg.Detection)
 	if st.Err != nil {
 		f.g.stats.engineError()
-		f.g.log.WithField("error", audit.Redact(st.Err.Error())).Warn("run state unknown")
+		f.g.log.WithField("error", redact.String(st.Err.Error())).Warn("run state unknown")
 	}
 	return st
 }

@@ -1,4 +1,12 @@
-package audit
+// Package redact removes credentials from text before it is logged or
+// audited: values of secret-named query parameters, userinfo in URLs, and
+// anything shaped like a well-known token.
+//
+// It is a leaf: it imports nothing of prune-guard's, so that every package
+// that writes text somewhere (the engine client's errors, the audit log, the
+// operational log) can use it without depending on the others. It must never
+// keep a secret it found, and never panic on input.
+package redact
 
 import (
 	"net/url"
@@ -6,7 +14,7 @@ import (
 	"strings"
 )
 
-// redacted replaces every secret Redact finds.
+// redacted replaces every secret String finds.
 const redacted = "[REDACTED]"
 
 // secretKeys are query parameter names whose values are credentials. Matching
@@ -27,9 +35,9 @@ var tokenPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(\
 // userinfoPattern finds user:password@ in an absolute-form request target.
 var userinfoPattern = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/@?#\s]*@`)
 
-// Redact removes credentials from s: values of secret-named query parameters,
+// String removes credentials from s: values of secret-named query parameters,
 // userinfo, and anything shaped like a known token.
-func Redact(s string) string {
+func String(s string) string {
 	if s == "" {
 		return s
 	}
