@@ -2,7 +2,7 @@
 # binary. FROM scratch so that it builds offline; build the binary first
 # (scripts/build-plugin.sh does both):
 #
-#   CGO_ENABLED=0 go build -trimpath -o prune-guard .
+#   CGO_ENABLED=0 go build -trimpath -o prune-guard ./cmd/prune-guard
 #   docker build -t prune-guard-rootfs .
 #
 # config.json, not this image, decides how the plugin runs; the entrypoint

@@ -13,7 +13,7 @@ import (
 
 // Credentials sent with requests through a real dockerd, in every place a
 // client can put them, never reach prune-guard's audit file or its log,
-// whatever the decision. plugin/secrets_test.go checks the same property on
+// whatever the decision. cmd/prune-guard/secrets_test.go checks the same property on
 // the handler for calls that did not come through dockerd.
 func TestCredentialsSentThroughDockerdNeverReachTheAuditOrPluginLog(t *testing.T) {
 	t.Parallel()

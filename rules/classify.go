@@ -2,6 +2,7 @@ package rules
 
 import (
 	"encoding/json"
+	"fmt"
 	"mime"
 	"net/http"
 	"net/url"
@@ -20,13 +21,38 @@ type Request struct {
 	// URI is the raw r.RequestURI: not decoded, not cleaned, query included,
 	// possibly absolute-form (http://host/v1.41/...).
 	URI string
-	// Headers holds, per header, the LAST value the client sent; the daemon
-	// itself reads the first. Authorization and registry auth are stripped.
+	// Headers holds the request's headers. From an authorization plugin
+	// call it holds, per header, the LAST value the client sent (the daemon
+	// itself reads the first), with Authorization and registry auth
+	// stripped; from a proxy (BodyProxied) the first, the daemon's own.
 	Headers map[string]string
-	// Body is forwarded only when the daemon's Content-Type is
-	// application/json and the body is under 1 MiB.
-	Body []byte
+	// Body says what the caller knows of the request body, which decides
+	// whether the daemon could read form values the caller did not see.
+	Body BodyView
 }
+
+// ReadHeaders returns the names of the request headers Classify reads; a
+// transport may drop every other header.
+func ReadHeaders() []string { return []string{"Content-Type", "Content-Length"} }
+
+// BodyView is what the caller of Classify knows of a request's body.
+type BodyView uint8
+
+const (
+	// BodyHidden: an authorization plugin call without the body. dockerd
+	// forwards a body only when its Content-Type is application/json and
+	// the body is under its bound (1 MiB; 4 MiB from 29.3.1), so a hidden
+	// body may be a form the daemon reads.
+	BodyHidden BodyView = iota
+	// BodyForwarded: dockerd forwarded the body to the plugin, so the
+	// daemon's Content-Type was application/json: it reads no form from
+	// it.
+	BodyForwarded
+	// BodyProxied: a proxy in front of the daemon holds the request, so
+	// Headers are the daemon's own (the first value of each) and say
+	// exactly whether the daemon reads a form from the body.
+	BodyProxied
+)
 
 // Classification is what the daemon would do with a request.
 type Classification struct {
@@ -234,7 +260,7 @@ func parseForm(rawQuery string) form {
 // application/x-www-form-urlencoded; the plugin sees only the last
 // Content-Type, and a body only when that first one was application/json.
 func hiddenForm(r Request) string {
-	if len(r.Body) > 0 {
+	if r.Body == BodyForwarded {
 		// Forwarded, so the daemon's Content-Type was application/json:
 		// ParseForm leaves such a body alone.
 		return ""
@@ -251,7 +277,12 @@ func hiddenForm(r Request) string {
 		return ""
 	}
 	if mt, _, err := mime.ParseMediaType(ct); err == nil && mt == "application/x-www-form-urlencoded" {
-		return "the request carries a form body, which the daemon reads before the query but the plugin cannot see; send the parameters in the query"
+		return "the request carries a form body, which the daemon reads before the query but prune-guard does not; send the parameters in the query"
+	}
+	if r.Body == BodyProxied {
+		// The daemon's own Content-Type, and not a form: ParseForm
+		// leaves the body alone.
+		return ""
 	}
 	return "the request may carry a body the plugin cannot see (the daemon reads form values from it when its first Content-Type is a form); send the parameters in the query with no body"
 }
@@ -391,4 +422,16 @@ func CompareVersions(v1, v2 string) int {
 		}
 	}
 	return 0
+}
+
+func (b BodyView) String() string {
+	switch b {
+	case BodyHidden:
+		return "hidden"
+	case BodyForwarded:
+		return "forwarded"
+	case BodyProxied:
+		return "proxied"
+	}
+	return fmt.Sprintf("BodyView(%d)", uint8(b))
 }

@@ -37,7 +37,10 @@ func FuzzClassify(f *testing.F) {
 		if cl != "" {
 			h["Content-Length"] = cl
 		}
-		r := Request{Method: method, URI: uri, Headers: h, Body: body}
+		r := Request{Method: method, URI: uri, Headers: h}
+		if len(body) > 0 {
+			r.Body = BodyForwarded
+		}
 		got := c.Classify(r)
 		if again := c.Classify(r); !reflect.DeepEqual(again, got) {
 			t.Fatalf("classification is not deterministic: %+v then %+v", got, again)

@@ -30,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/context" "$work/plugin/rootfs"
-CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/context/prune-guard" .
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/context/prune-guard" ./cmd/prune-guard
 docker build --quiet --iidfile "$work/iid" --file Dockerfile "$work/context" >/dev/null
 iid="$(cat "$work/iid")"
 cid="$(docker create "$iid")"

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
-[[ $EUID -eq 0 ]] || { echo "quickstart: run as root (sudo bash scripts/quickstart.sh)" >&2; exit 1; }
+[[ $EUID -eq 0 ]] || { echo "quickstart: run as root (as another user: sudo bash scripts/quickstart.sh)" >&2; exit 1; }
 command -v go >/dev/null || { echo "quickstart: Go 1.26 or newer is needed to build prune-guard (see go.mod)" >&2; exit 1; }
 
 if ! command -v dockerd >/dev/null; then
@@ -21,7 +21,7 @@ if ! command -v dockerd >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io
 fi
 
-go build -o bin/prune-guard .
+go build -o bin/prune-guard ./cmd/prune-guard
 install -m 0755 bin/prune-guard /usr/local/bin/prune-guard
 
 sock=/run/docker/plugins/prune-guard.sock

@@ -200,7 +200,7 @@ noop)
 	;;
 "")
 	log "building bin/prune-guard"
-	(cd "$ROOT" && go build -o bin/prune-guard .) || die "building prune-guard failed"
+	(cd "$ROOT" && go build -o bin/prune-guard ./cmd/prune-guard) || die "building prune-guard failed"
 	GUARD_BIN=$ROOT/bin/prune-guard
 	;;
 *)

@@ -262,7 +262,7 @@ var build struct {
 	err  error
 }
 
-// BuildBinary builds the prune-guard binary ("go build" at the module root)
+// BuildBinary builds the prune-guard binary (the module's ./cmd/prune-guard)
 // once per test process and returns its path. Packages using it should call
 // Main from TestMain, which removes it afterwards.
 func BuildBinary(t testing.TB) string {
@@ -290,11 +290,11 @@ func buildBinary() (dir, bin string, err error) {
 	bin = filepath.Join(dir, "prune-guard")
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, ".")
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, "./cmd/prune-guard")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
-		return "", "", fmt.Errorf("go build -o %s . in %s: %w\n%s", bin, root, err, out)
+		return "", "", fmt.Errorf("go build -o %s ./cmd/prune-guard in %s: %w\n%s", bin, root, err, out)
 	}
 	return dir, bin, nil
 }

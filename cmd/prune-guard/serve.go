@@ -7,9 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"os/user"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -17,8 +15,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/authz"
 	"github.com/prune-guard/prune-guard/engine"
-	"github.com/prune-guard/prune-guard/plugin"
+	"github.com/prune-guard/prune-guard/guard"
+	"github.com/prune-guard/prune-guard/listener"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/redact"
 	"github.com/prune-guard/prune-guard/resolve"
@@ -90,21 +90,6 @@ comma-separated list, DOCKER_HOST); flags win.`,
 	return cmd
 }
 
-// lookupGroup returns the numeric group ID for a name or number, -1 for "".
-func lookupGroup(name string) (int, error) {
-	if name == "" {
-		return -1, nil
-	}
-	if id, err := strconv.Atoi(name); err == nil {
-		return id, nil
-	}
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		return 0, fmt.Errorf("group %q: %w", name, err)
-	}
-	return strconv.Atoi(g.Gid)
-}
-
 func runServe(ctx context.Context, o serveOptions) error {
 	log, err := o.check()
 	if err != nil {
@@ -136,7 +121,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		defer os.Remove(o.socket)
 	}
 
-	g := plugin.NewGuard(cfg, tracker, resolve.New(ec, o.engineTimeout), al, log)
+	g := guard.New(cfg, tracker, resolve.New(ec, o.engineTimeout), al, log)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	o.followPolicy(ctx, lastPolicy, g, al, log)
@@ -149,12 +134,13 @@ func runServe(ctx context.Context, o serveOptions) error {
 			return err
 		}
 		go func() {
-			if err := plugin.Serve(ctx, ml, plugin.MetricsHandler(g), plugin.ServeOptions{Drain: time.Second}); err != nil {
+			if err := serveHTTP(ctx, ml, g.MetricsHandler(), time.Second); err != nil {
 				log.WithError(err).Error("metrics listener stopped")
 			}
 		}()
 	}
-	err = plugin.Serve(ctx, l, plugin.Handler(g), plugin.ServeOptions{Drain: 10 * time.Second, ConnPerCall: o.connPerCall})
+	err = authz.Serve(ctx, l, authzDecider{g}, g.Handler(), authz.Options{
+		Headers: rules.ReadHeaders(), Drain: 10 * time.Second, ConnPerCall: o.connPerCall, Log: log})
 	al.Event("prune-guard stopped", nil)
 	return err
 }
@@ -209,14 +195,14 @@ func (o serveOptions) openAudit(log *logrus.Logger) (*audit.Log, error) {
 // listen returns the socket systemd passed, or listens on --socket; where
 // says which, for the log.
 func (o serveOptions) listen() (l net.Listener, where string, err error) {
-	if l, err = plugin.Inherited(); err != nil || l != nil {
+	if l, err = listener.Inherited(); err != nil || l != nil {
 		return l, "inherited socket (socket activation)", err
 	}
 	gid, err := lookupGroup(o.socketGroup)
 	if err != nil {
 		return nil, "", fmt.Errorf("--socket-group: %w", err)
 	}
-	if l, err = plugin.Listen(o.socket, gid); err != nil {
+	if l, err = listener.Unix(o.socket, gid); err != nil {
 		return nil, "", err
 	}
 	return l, o.socket, nil
@@ -225,7 +211,7 @@ func (o serveOptions) listen() (l net.Listener, where string, err error) {
 // followPolicy reloads the policy file on SIGHUP and whenever its content
 // changes, until ctx ends. A file that does not load is rejected, loudly,
 // and the policy in force stays.
-func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *plugin.Guard, al *audit.Log, log *logrus.Logger) {
+func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *guard.Guard, al *audit.Log, log *logrus.Logger) {
 	if o.policyFile == "" {
 		return
 	}
@@ -273,35 +259,4 @@ func logStart(log *logrus.Logger, al *audit.Log, o serveOptions, cfg *policy.Con
 		"run_grace": cfg.Detection.Grace.String(), "policy_source": cfg.Source, "policy": cfg.ShortHash(), "mode": cfg.Policy.Mode}).
 		Info("prune-guard serving")
 	al.Event("prune-guard started", map[string]any{"socket": listening, "source": cfg.Source, "policy": cfg.Hash})
-}
-
-// listenMetrics listens on a loopback TCP address or a unix socket: metrics
-// name rules and users, and prune-guard runs as root, so it never listens on
-// a routable address.
-func listenMetrics(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		_ = os.Remove(path)
-		l, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, fmt.Errorf("--metrics-addr: %w", err)
-		}
-		if err := os.Chmod(path, 0o660); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("--metrics-addr: %w", err)
-		}
-		return l, nil
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr %q: want HOST:PORT on loopback or unix:PATH: %w", addr, err)
-	}
-	ip := net.ParseIP(host)
-	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("--metrics-addr %q: only loopback addresses or unix sockets are allowed", addr)
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr: %w", err)
-	}
-	return l, nil
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/prune-guard/prune-guard/engine"
-	"github.com/prune-guard/prune-guard/plugin"
+	"github.com/prune-guard/prune-guard/guard"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/redact"
 	"github.com/prune-guard/prune-guard/runs"
@@ -46,26 +46,26 @@ running plugin's socket (--socket). Exits 1 when the plugin does not answer.`,
 	return cmd
 }
 
-func fetchStatus(ctx context.Context, socket string) (plugin.Status, error) {
+func fetchStatus(ctx context.Context, socket string) (guard.Status, error) {
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", socket)
 	}}}
 	req, err := http.NewRequestWithContext(ctx, "GET", "http://prune-guard/status", nil)
 	if err != nil {
-		return plugin.Status{}, err
+		return guard.Status{}, err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return plugin.Status{}, fmt.Errorf("prune-guard does not answer on %s: %w", socket, err)
+		return guard.Status{}, fmt.Errorf("prune-guard does not answer on %s: %w", socket, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return plugin.Status{}, fmt.Errorf("prune-guard on %s answered %s", socket, resp.Status)
+		return guard.Status{}, fmt.Errorf("prune-guard on %s answered %s", socket, resp.Status)
 	}
-	var s plugin.Status
+	var s guard.Status
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		return plugin.Status{}, fmt.Errorf("read status: %w", err)
+		return guard.Status{}, fmt.Errorf("read status: %w", err)
 	}
 	return s, nil
 }
@@ -129,15 +129,15 @@ func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) erro
 const statusEngineTimeout = 5 * time.Second
 
 // ownRuns asks the engine directly, with the built-in detection.
-func ownRuns(ctx context.Context, c runs.Engine) plugin.RunsStatus {
+func ownRuns(ctx context.Context, c runs.Engine) guard.RunsStatus {
 	tr := runs.New(c, statusEngineTimeout)
 	det := policy.Default().Detection
-	rs := plugin.DescribeState(tr.State(ctx, det), det)
-	rs.HostProcesses = plugin.HostProcesses(tr.HostVisible())
+	rs := guard.DescribeState(tr.State(ctx, det), det)
+	rs.HostProcesses = guard.HostProcesses(tr.HostVisible())
 	return rs
 }
 
-func writeRuns(w io.Writer, st plugin.Status, fromPlugin bool, dockerHost string) {
+func writeRuns(w io.Writer, st guard.Status, fromPlugin bool, dockerHost string) {
 	src := "as the plugin sees them"
 	if !fromPlugin {
 		src = "asked of the engine with the built-in detectors; the teardown grace is known only to a running plugin"

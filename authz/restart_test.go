@@ -1,4 +1,4 @@
-package plugin
+package authz
 
 import (
 	"bytes"
@@ -11,9 +11,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-
-	"github.com/prune-guard/prune-guard/audit"
-	"github.com/prune-guard/prune-guard/policy"
 )
 
 // dockerd keeps its connections to an authorization plugin alive between
@@ -40,7 +37,7 @@ func TestConnPerCallClosesEveryConnectionAndTheDefaultKeepsThem(t *testing.T) {
 	}
 }
 
-// servePing serves a guard and reports, per call path, whether the answer
+// servePing serves the protocol and reports, per call path, whether the answer
 // closed its connection.
 func servePing(t *testing.T, perCall bool) map[string]bool {
 	sock := filepath.Join(t.TempDir(), "p.sock")
@@ -50,11 +47,11 @@ func servePing(t *testing.T, perCall bool) map[string]bool {
 	}
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	al := audit.New(io.Discard, nil)
-	g := NewGuard(policy.Default(), &fakeRuns{}, &fakeNames{}, al, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, Handler(g), ServeOptions{Drain: time.Second, ConnPerCall: perCall}) }()
+	go func() {
+		done <- Serve(ctx, l, &testDecider{}, nil, Options{Drain: time.Second, ConnPerCall: perCall, Log: log})
+	}()
 	defer func() {
 		cancel()
 		<-done

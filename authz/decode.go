@@ -1,4 +1,4 @@
-package plugin
+package authz
 
 import (
 	"bufio"
@@ -10,8 +10,6 @@ import (
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
-
-	"github.com/docker/go-plugins-helpers/authorization"
 )
 
 // The call decoder reads an AuthZReq call's JSON as a stream and keeps only
@@ -40,11 +38,6 @@ const maxString = 1<<20 + 4<<10
 // maxDepth bounds the nesting of values the decoder skips; dockerd's calls
 // nest three deep.
 const maxDepth = 1000
-
-// forwardedBody stands for a forwarded request body: the classifier asks
-// only whether there was one (a forwarded body was JSON, so the daemon
-// reads no form from it), never what it says.
-var forwardedBody = []byte{'{'}
 
 // field names the members of authorization.Request, by their JSON names.
 type field int
@@ -76,13 +69,10 @@ var fieldNames = [...]string{
 	fResponseHeaders:         "ResponseHeaders",
 }
 
-// readHeaders are the request headers the classifier reads (rules.hiddenForm
-// looks them up exactly, then case-insensitively).
-var readHeaders = [...]string{"Content-Type", "Content-Length"}
-
 // decoder decodes calls; one per connection, reused, so that its buffers
 // are allocated once.
 type decoder struct {
+	keep    []string // the request headers to keep (Options.Headers)
 	r       callReader
 	key     []byte // the object key being matched
 	val     []byte // a string value being kept
@@ -172,11 +162,11 @@ func syntaxError(format string, a ...any) error {
 
 // decode reads one AuthZReq call from br (n bytes, or to EOF for n < 0).
 // The Request it returns shares nothing with d.
-func (d *decoder) decode(br *bufio.Reader, n int64) (authorization.Request, error) {
+func (d *decoder) decode(br *bufio.Reader, n int64) (Request, error) {
 	d.r = callReader{br: br, n: n}
 	d.headers = d.headers[:0]
 	d.noHdrs = true // RequestHeaders absent
-	var req authorization.Request
+	var req Request
 	c, err := d.r.nonSpace()
 	if err != nil {
 		if errors.Is(err, errTruncated) {
@@ -203,9 +193,9 @@ func (d *decoder) decode(br *bufio.Reader, n int64) (authorization.Request, erro
 	// The classifier only looks headers up, so an empty map and none are
 	// the same to it; the map is made only when it holds something.
 	if !d.noHdrs && len(d.headers) > 0 {
-		req.RequestHeaders = make(map[string]string, len(d.headers))
+		req.Headers = make(map[string]string, len(d.headers))
 		for _, h := range d.headers {
-			req.RequestHeaders[h.name] = h.value
+			req.Headers[h.name] = h.value
 		}
 	}
 	// Long strings would otherwise stay with the connection.
@@ -219,26 +209,27 @@ func (d *decoder) decode(br *bufio.Reader, n int64) (authorization.Request, erro
 }
 
 // object decodes the call's members; the '{' has been read.
-func (d *decoder) object(req *authorization.Request) error {
+func (d *decoder) object(req *Request) error {
 	return d.members(func() error {
 		switch matchField(d.key) {
 		case fUser:
 			return d.stringField(&req.User, false)
 		case fUserAuthNMethod:
-			return d.stringField(&req.UserAuthNMethod, false)
+			var authn string // no decision reads it
+			return d.stringField(&authn, false)
 		case fRequestMethod:
-			return d.stringField(&req.RequestMethod, true)
+			return d.stringField(&req.Method, true)
 		case fRequestURI:
-			return d.stringField(&req.RequestURI, false)
+			return d.stringField(&req.URI, false)
 		case fRequestBody:
-			return d.bytesField(&req.RequestBody)
+			return d.bytesField(&req.BodyForwarded)
 		case fRequestHeaders:
 			return d.headersField(true)
 		case fResponseStatusCode:
 			return d.intField()
 		case fResponseBody:
-			var b []byte
-			return d.bytesField(&b)
+			var present bool
+			return d.bytesField(&present)
 		case fResponseHeaders:
 			return d.headersField(false)
 		default: // fRequestPeerCertificates (no decision reads them) and unknown names
@@ -394,16 +385,16 @@ func internMethod(b []byte) (string, bool) {
 }
 
 // bytesField checks a base64 string (or null) as encoding/json would decode
-// it into a []byte, setting *b to forwardedBody when it decodes to at least
-// one byte. The bytes themselves are never decoded.
-func (d *decoder) bytesField(b *[]byte) error {
+// it into a []byte, setting *present when it decodes to at least one byte.
+// The bytes themselves are never decoded.
+func (d *decoder) bytesField(present *bool) error {
 	c, err := d.r.nonSpace()
 	if err != nil {
 		return err
 	}
 	switch c {
 	case 'n':
-		*b = nil
+		*present = false
 		return d.literal("ull")
 	case '"':
 	default:
@@ -429,14 +420,11 @@ func (d *decoder) bytesField(b *[]byte) error {
 		}
 		d.r.skip(len(chunk))
 	}
-	present, ok := v.end()
+	some, ok := v.end()
 	if !ok {
 		return fmt.Errorf("field %s: illegal base64 data", d.key)
 	}
-	*b = nil
-	if present {
-		*b = forwardedBody
-	}
+	*present = some
 	return nil
 }
 
@@ -516,7 +504,7 @@ func (d *decoder) headersField(keep bool) error {
 		d.noHdrs = false
 	}
 	return d.members(func() error {
-		wanted := keep && isReadHeader(d.key)
+		wanted := keep && d.keeps(d.key)
 		c, err := d.r.nonSpace()
 		if err != nil {
 			return err
@@ -545,8 +533,9 @@ func (d *decoder) headersField(keep bool) error {
 	})
 }
 
-func isReadHeader(name []byte) bool {
-	for _, h := range readHeaders {
+// keeps reports whether name is one of the headers the decider reads.
+func (d *decoder) keeps(name []byte) bool {
+	for _, h := range d.keep {
 		if bytes.EqualFold(name, []byte(h)) {
 			return true
 		}

@@ -1,7 +1,8 @@
-package plugin
+package guard
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,7 +13,7 @@ import (
 	"github.com/prune-guard/prune-guard/rules"
 )
 
-// Status is what GET /status on the plugin socket answers: the policy in
+// Status is what GET /status answers: the policy in
 // force and the counters since start. "prune-guard status" reads it.
 type Status struct {
 	Policy             PolicyStatus `json:"policy"`
@@ -168,9 +169,21 @@ func trimFloat(f float64) string {
 }
 
 // MetricsHandler serves WriteMetrics.
-func MetricsHandler(g *Guard) http.Handler {
+func (g *Guard) MetricsHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		WriteMetrics(w, g.counters())
 	})
+}
+
+// Handler serves GET /status (for "prune-guard status") and GET /metrics
+// (for scrapers that can reach the socket).
+func (g *Guard) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(g.Status(r.Context()))
+	})
+	mux.Handle("GET /metrics", g.MetricsHandler())
+	return mux
 }

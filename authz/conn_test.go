@@ -1,4 +1,4 @@
-package plugin
+package authz
 
 import (
 	"bufio"
@@ -16,14 +16,11 @@ import (
 
 	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/sirupsen/logrus"
-
-	"github.com/prune-guard/prune-guard/audit"
-	"github.com/prune-guard/prune-guard/policy"
 )
 
 // servePlugin serves a guard on a fresh socket until the test ends; stop
 // ends it early and returns Serve's error.
-func servePlugin(t testing.TB, o ServeOptions) (sock string, stop func() error) {
+func servePlugin(t testing.TB, o Options) (sock string, stop func() error) {
 	t.Helper()
 	sock = filepath.Join(t.TempDir(), "p.sock")
 	l, err := net.Listen("unix", sock)
@@ -32,10 +29,10 @@ func servePlugin(t testing.TB, o ServeOptions) (sock string, stop func() error) 
 	}
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	g := NewGuard(policy.Default(), &fakeRuns{}, &fakeNames{}, audit.New(io.Discard, nil), log)
+	o.Log = log
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, Handler(g), o) }()
+	go func() { done <- Serve(ctx, l, &testDecider{}, statusHandler, o) }()
 	var err2 error
 	stopped := false
 	stop = func() error {
@@ -98,7 +95,7 @@ var (
 // Pipelined calls on one kept connection are answered in order, and both
 // phases and every other request keep working on the same connection.
 func TestLeanLoopAnswersPipelinedCallsOnAKeptConnection(t *testing.T) {
-	sock, _ := servePlugin(t, ServeOptions{Drain: time.Second})
+	sock, _ := servePlugin(t, Options{Drain: time.Second})
 	c, br := dial(t, sock)
 	var all []byte
 	all = append(all, rawCall("/AuthZPlugin.AuthZReq", readCall)...)
@@ -136,7 +133,7 @@ func TestLeanLoopAnswersPipelinedCallsOnAKeptConnection(t *testing.T) {
 
 // Requests the lean loop leaves to net/http are decided the same way.
 func TestNetHTTPServesWhatTheLeanLoopDoesNotTake(t *testing.T) {
-	sock, _ := servePlugin(t, ServeOptions{Drain: time.Second})
+	sock, _ := servePlugin(t, Options{Drain: time.Second})
 	chunked := func(body []byte) string {
 		return fmt.Sprintf("POST /AuthZPlugin.AuthZReq HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(body), body)
 	}
@@ -187,7 +184,7 @@ func TestNetHTTPServesWhatTheLeanLoopDoesNotTake(t *testing.T) {
 // A call longer than dockerd can send is read past, refused, and the
 // connection closed; the plugin keeps serving.
 func TestOversizedCallIsRefusedWithoutKeepingIt(t *testing.T) {
-	sock, _ := servePlugin(t, ServeOptions{Drain: time.Second})
+	sock, _ := servePlugin(t, Options{Drain: time.Second})
 	c, br := dial(t, sock)
 	body := append(append([]byte(`{"RequestMethod":"GET","RequestUri":"/_ping","RequestBody":"`), bytes.Repeat([]byte("A"), maxCallSize)...), `"}`...)
 	go c.Write(rawCall("/AuthZPlugin.AuthZReq", body))
@@ -205,7 +202,7 @@ func TestOversizedCallIsRefusedWithoutKeepingIt(t *testing.T) {
 // On shutdown an idle connection is closed and a call in flight is still
 // answered, with "Connection: close".
 func TestShutdownClosesIdleConnectionsAndDrainsCallsInFlight(t *testing.T) {
-	sock, stop := servePlugin(t, ServeOptions{Drain: 5 * time.Second})
+	sock, stop := servePlugin(t, Options{Drain: 5 * time.Second})
 	idle, idleBR := dial(t, sock)
 	idle.Write(rawCall("/AuthZPlugin.AuthZReq", readCall))
 	readAnswer(t, idleBR)
@@ -265,7 +262,7 @@ func benchCall(b *testing.B, c net.Conn, br *bufio.Reader, call []byte, buf []by
 // socket, as dockerd sends it. It uses only Serve and Handler, so the same
 // file measures older servers too.
 func benchServe(b *testing.B, path string, body []byte) {
-	sock, _ := servePlugin(b, ServeOptions{Drain: time.Second})
+	sock, _ := servePlugin(b, Options{Drain: time.Second})
 	c, br := dial(b, sock)
 	call := rawCall(path, body)
 	buf := make([]byte, 64<<10)

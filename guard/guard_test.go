@@ -1,18 +1,15 @@
-package plugin
+package guard
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
-	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/sirupsen/logrus"
 
 	"github.com/prune-guard/prune-guard/audit"
@@ -102,85 +99,24 @@ func newTestGuardWith(cfg *policy.Config, runs *fakeRuns, names *fakeNames) (*Gu
 	buf := &syncBuffer{}
 	log := logrus.New()
 	log.SetOutput(&bytes.Buffer{})
-	return NewGuard(cfg, runs, names, audit.New(buf, nil), log), buf
+	return New(cfg, runs, names, audit.New(buf, nil), log), buf
 }
 
-func post(t *testing.T, h http.Handler, path string, body []byte) authorization.Response {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("POST", path, bytes.NewReader(body)))
-	if rec.Code != http.StatusOK {
-		t.Fatalf("%s answered %d: %s", path, rec.Code, rec.Body)
-	}
-	var resp authorization.Response
-	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
-		t.Fatalf("%s answer is not JSON: %q", path, rec.Body)
-	}
-	return resp
-}
-
-func mustJSON(t *testing.T, v any) []byte {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+// ctx is the context of the tests' decisions.
+var ctx = context.Background()
 
 const pruneAllURI = "/v1.41/images/prune?filters=%7B%22dangling%22%3A%7B%22false%22%3Atrue%7D%7D"
-
-func TestActivateAnnouncesAuthz(t *testing.T) {
-	g, _ := newTestGuard(&fakeRuns{})
-	rec := httptest.NewRecorder()
-	Handler(g).ServeHTTP(rec, httptest.NewRequest("POST", "/Plugin.Activate", nil))
-	if got := strings.TrimSpace(rec.Body.String()); got != `{"Implements":["authz"]}` {
-		t.Errorf("Activate = %s", got)
-	}
-}
-
-func TestMalformedCallsAreDeniedWithAReason(t *testing.T) {
-	g, _ := newTestGuard(&fakeRuns{})
-	h := Handler(g)
-	for name, body := range map[string][]byte{
-		"empty body":          nil,
-		"not JSON":            []byte("DELETE /images/x"),
-		"wrong field type":    []byte(`{"RequestMethod":7,"RequestUri":"/images/x"}`),
-		"trailing data":       []byte(`{"RequestMethod":"GET","RequestUri":"/_ping"} {"x":1}`),
-		"empty object":        []byte(`{}`),
-		"null":                []byte(`null`),
-		"bad base64 body":     []byte(`{"RequestMethod":"POST","RequestUri":"/images/prune","RequestBody":"!!"}`),
-		"oversized call":      append(append([]byte(`{"RequestMethod":"DELETE","RequestUri":"/images/x","RequestBody":"`), bytes.Repeat([]byte("A"), maxCallSize)...), []byte(`"}`)...),
-		"method only, delete": []byte(`{"RequestMethod":"DELETE"}`),
-	} {
-		t.Run(name, func(t *testing.T) {
-			resp := post(t, h, "/AuthZPlugin.AuthZReq", body)
-			if resp.Allow || !strings.HasPrefix(resp.Msg, "prune-guard: ") {
-				t.Errorf("got %+v, want a deny that says why", resp)
-			}
-		})
-	}
-}
-
-func TestBogusPeerCertificateDoesNotCrash(t *testing.T) {
-	g, _ := newTestGuard(&fakeRuns{})
-	body := []byte(`{"RequestMethod":"GET","RequestUri":"/_ping","RequestPeerCertificates":["bm90IGEgY2VydA=="]}`)
-	if resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", body); !resp.Allow {
-		t.Errorf("a read with a bogus certificate should pass: %+v", resp)
-	}
-}
 
 func TestReadsPassWithoutEngineQueryOrAudit(t *testing.T) {
 	runs := &fakeRuns{err: errors.New("engine down")}
 	g, buf := newTestGuard(runs)
-	h := Handler(g)
-	for _, r := range []authorization.Request{
-		{RequestMethod: "GET", RequestURI: "/v1.41/containers/json"},
-		{RequestMethod: "POST", RequestURI: "/v1.41/containers/create", RequestHeaders: map[string]string{"Content-Type": "application/json"}, RequestBody: []byte(`{"Image":"x"}`)},
-		{RequestMethod: "HEAD", RequestURI: "/_ping"},
+	for _, r := range []Request{
+		{Method: "GET", URI: "/v1.41/containers/json"},
+		{Method: "POST", URI: "/v1.41/containers/create", Headers: map[string]string{"Content-Type": "application/json"}, Body: rules.BodyForwarded},
+		{Method: "HEAD", URI: "/_ping"},
 	} {
-		if resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, r)); !resp.Allow {
-			t.Errorf("%s %s denied: %s", r.RequestMethod, r.RequestURI, resp.Msg)
+		if v := g.Decide(ctx, r); !v.Allow {
+			t.Errorf("%s %s denied: %s", r.Method, r.URI, v.Message)
 		}
 	}
 	if n := runs.asked.Load(); n != 0 {
@@ -194,10 +130,9 @@ func TestReadsPassWithoutEngineQueryOrAudit(t *testing.T) {
 func TestPruneAllIsDeniedAndAudited(t *testing.T) {
 	runs := &fakeRuns{}
 	g, buf := newTestGuard(runs)
-	req := authorization.Request{RequestMethod: "POST", RequestURI: pruneAllURI, User: "alice"}
-	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, req))
-	if resp.Allow || !strings.Contains(resp.Msg, "(rule no-prune-all)") {
-		t.Fatalf("got %+v", resp)
+	v := g.Decide(ctx, Request{Method: "POST", URI: pruneAllURI, User: "alice"})
+	if v.Allow || !strings.Contains(v.Message, "(rule no-prune-all)") {
+		t.Fatalf("got %+v", v)
 	}
 	if runs.asked.Load() != 0 {
 		t.Errorf("an always-deny rule must not wait on the engine")
@@ -221,9 +156,9 @@ func TestPruneAllIsDeniedAndAudited(t *testing.T) {
 
 func TestDeleteDuringRunIsDeniedAndNamesTheRun(t *testing.T) {
 	g, buf := newTestGuard(&fakeRuns{runs: []rules.Run{{Detector: "prune-guard", System: "prune-guard run", Job: "r9", Kind: rules.Service, Name: "deploy"}}})
-	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/base:1"}))
-	if resp.Allow || !strings.Contains(resp.Msg, "prune-guard run r9, service deploy") {
-		t.Fatalf("got %+v", resp)
+	v := g.Decide(ctx, Request{Method: "DELETE", URI: "/v1.41/images/base:1"})
+	if v.Allow || !strings.Contains(v.Message, "prune-guard run r9, service deploy") {
+		t.Fatalf("got %+v", v)
 	}
 	if l := buf.lines(t)[0]; l["target"] != "base:1" || len(l["runs"].([]any)) != 1 {
 		t.Errorf("audit line %v", l)
@@ -232,36 +167,40 @@ func TestDeleteDuringRunIsDeniedAndNamesTheRun(t *testing.T) {
 
 func TestUnknownRunStateDeniesDestructiveRequests(t *testing.T) {
 	g, buf := newTestGuard(&fakeRuns{err: errors.New("dial unix /var/run/docker.sock: connect: no such file")})
-	resp := post(t, Handler(g), "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "POST", RequestURI: "/v1.41/containers/prune"}))
-	if resp.Allow || !strings.Contains(resp.Msg, "run state is unknown") || !strings.Contains(resp.Msg, "no such file") {
-		t.Fatalf("got %+v", resp)
+	v := g.Decide(ctx, Request{Method: "POST", URI: "/v1.41/containers/prune"})
+	if v.Allow || !strings.Contains(v.Message, "run state is unknown") || !strings.Contains(v.Message, "no such file") {
+		t.Fatalf("got %+v", v)
 	}
 	if l := buf.lines(t)[0]; !strings.HasPrefix(l["runs"].([]any)[0].(string), "unknown: ") {
 		t.Errorf("audit should record the unknown run state: %v", l)
 	}
 }
 
-func TestPanicWhileDecidingIsADenyAndTheServerKeepsServing(t *testing.T) {
+func TestPanicWhileDecidingIsADenyAndTheGuardKeepsDeciding(t *testing.T) {
 	g, buf := newTestGuard(&fakeRuns{panic: true})
-	h := Handler(g)
-	resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/images/x"}))
-	if resp.Allow || !strings.Contains(resp.Msg, "failed while deciding") {
-		t.Fatalf("got %+v", resp)
+	v := g.Decide(ctx, Request{Method: "DELETE", URI: "/images/x"})
+	if v.Allow || !strings.Contains(v.Message, "failed while deciding") {
+		t.Fatalf("got %+v", v)
 	}
 	if l := buf.lines(t)[0]; l["rule"] != internalErrorRule {
 		t.Errorf("audit %v", l)
 	}
-	if resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, authorization.Request{RequestMethod: "GET", RequestURI: "/_ping"})); !resp.Allow {
-		t.Errorf("server stopped serving after a panic: %+v", resp)
+	if v := g.Decide(ctx, Request{Method: "GET", URI: "/_ping"}); !v.Allow {
+		t.Errorf("the guard stopped deciding after a panic: %+v", v)
 	}
 }
 
-func TestResponsePhaseAlwaysAllows(t *testing.T) {
+// A request without a method or a URI cannot be classified: a destructive
+// reading is assumed and refused, with a reason.
+func TestRequestsWithoutMethodOrURIAreDeniedWithAReason(t *testing.T) {
 	g, _ := newTestGuard(&fakeRuns{})
-	h := Handler(g)
-	for _, body := range [][]byte{nil, []byte("junk"), mustJSON(t, authorization.Request{RequestMethod: "POST", RequestURI: pruneAllURI})} {
-		if resp := post(t, h, "/AuthZPlugin.AuthZRes", body); !resp.Allow {
-			t.Errorf("AuthZRes(%q) = %+v", body, resp)
+	for name, r := range map[string]Request{
+		"empty request":       {},
+		"method only, delete": {Method: "DELETE"},
+		"URI only":            {URI: "/images/x"},
+	} {
+		if v := g.Decide(ctx, r); v.Allow || !strings.HasPrefix(v.Message, "prune-guard: ") {
+			t.Errorf("%s: got %+v, want a deny that says why", name, v)
 		}
 	}
 }
@@ -269,20 +208,19 @@ func TestResponsePhaseAlwaysAllows(t *testing.T) {
 func TestConcurrentDecisionsKeepAuditLinesWhole(t *testing.T) {
 	runs := &fakeRuns{runs: []rules.Run{{System: "CI job", Job: "v", Kind: rules.Container, Name: "c"}}}
 	g, buf := newTestGuard(runs)
-	h := Handler(g)
 	var wg sync.WaitGroup
 	for i := 0; i < 50; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, r := range []authorization.Request{
-				{RequestMethod: "GET", RequestURI: "/v1.41/containers/json"},
-				{RequestMethod: "POST", RequestURI: pruneAllURI},
-				{RequestMethod: "DELETE", RequestURI: "/v1.41/images/a"},
+			for _, r := range []Request{
+				{Method: "GET", URI: "/v1.41/containers/json"},
+				{Method: "POST", URI: pruneAllURI},
+				{Method: "DELETE", URI: "/v1.41/images/a"},
 			} {
-				resp := post(t, h, "/AuthZPlugin.AuthZReq", mustJSON(t, r))
-				if resp.Allow == (r.RequestMethod != "GET") {
-					t.Errorf("%s %s: %+v", r.RequestMethod, r.RequestURI, resp)
+				v := g.Decide(ctx, r)
+				if v.Allow == (r.Method != "GET") {
+					t.Errorf("%s %s: %+v", r.Method, r.URI, v)
 				}
 			}
 		}()
@@ -293,25 +231,12 @@ func TestConcurrentDecisionsKeepAuditLinesWhole(t *testing.T) {
 	}
 }
 
-func BenchmarkAuthZReqRead(b *testing.B) {
+func BenchmarkDecideRead(b *testing.B) {
 	g, _ := newTestGuard(&fakeRuns{})
-	req := authorization.Request{RequestMethod: "GET", RequestURI: "/v1.41/containers/json", RequestHeaders: map[string]string{"User-Agent": "Docker-Client/28.2.2 (linux)"}}
-	ctx := context.Background()
+	req := Request{Method: "GET", URI: "/v1.41/containers/json"}
 	b.ReportAllocs()
 	for b.Loop() {
-		g.AuthZReq(ctx, req)
-	}
-}
-
-func BenchmarkHandlerRead(b *testing.B) {
-	g, _ := newTestGuard(&fakeRuns{})
-	body, _ := json.Marshal(authorization.Request{RequestMethod: "GET", RequestURI: "/v1.41/containers/json",
-		RequestHeaders: map[string]string{"User-Agent": "Docker-Client/28.2.2 (linux)", "Accept": "*/*"}})
-	h := Handler(g)
-	b.ReportAllocs()
-	for b.Loop() {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("POST", "/AuthZPlugin.AuthZReq", bytes.NewReader(body)))
+		g.Decide(ctx, req)
 	}
 }
 
@@ -332,12 +257,12 @@ func TestProtectedImageDeleteIsDeniedByIDAndTag(t *testing.T) {
 		"alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef": false,
 		"registry.example/app:1": true, "kept": false, "missing": true,
 	} {
-		resp := g.AuthZReq(context.Background(), authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/" + name})
-		if resp.Allow != wantAllow {
-			t.Errorf("delete %s: %+v, want allow=%v", name, resp, wantAllow)
+		v := g.Decide(ctx, Request{Method: "DELETE", URI: "/v1.41/images/" + name})
+		if v.Allow != wantAllow {
+			t.Errorf("delete %s: %+v, want allow=%v", name, v, wantAllow)
 		}
-		if !resp.Allow && !strings.Contains(resp.Msg, "(rule keep-protected)") {
-			t.Errorf("delete %s: %s", name, resp.Msg)
+		if !v.Allow && !strings.Contains(v.Message, "(rule keep-protected)") {
+			t.Errorf("delete %s: %s", name, v.Message)
 		}
 	}
 }
@@ -346,12 +271,12 @@ func TestSelfProtectionResolvesPluginIDs(t *testing.T) {
 	names := &fakeNames{plugins: map[string]resolve.Plugin{"4f5e": {ID: "4f5e0000", Name: "prune-guard:latest"}}}
 	g, _ := newTestGuardWith(policy.Default(), &fakeRuns{}, names)
 	for _, uri := range []string{"/v1.41/plugins/prune-guard/disable", "/v1.41/plugins/prune-guard:latest/set", "/v1.41/plugins/4f5e/disable"} {
-		if resp := g.AuthZReq(context.Background(), authorization.Request{RequestMethod: "POST", RequestURI: uri}); resp.Allow || !strings.Contains(resp.Msg, "protect-self") {
-			t.Errorf("%s: %+v", uri, resp)
+		if v := g.Decide(ctx, Request{Method: "POST", URI: uri}); v.Allow || !strings.Contains(v.Message, "protect-self") {
+			t.Errorf("%s: %+v", uri, v)
 		}
 	}
-	if resp := g.AuthZReq(context.Background(), authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/plugins/vieux/sshfs"}); !resp.Allow {
-		t.Errorf("another plugin's removal was denied: %+v", resp)
+	if v := g.Decide(ctx, Request{Method: "DELETE", URI: "/v1.41/plugins/vieux/sshfs"}); !v.Allow {
+		t.Errorf("another plugin's removal was denied: %+v", v)
 	}
 }
 
@@ -381,7 +306,7 @@ func TestPolicySwapIsAtomicUnderConcurrentDecisions(t *testing.T) {
 		}
 	}()
 	for i := 0; i < 500; i++ {
-		g.AuthZReq(context.Background(), authorization.Request{RequestMethod: "POST", RequestURI: pruneAllURI})
+		g.Decide(ctx, Request{Method: "POST", URI: pruneAllURI})
 	}
 	close(stop)
 	wg.Wait()

@@ -1,4 +1,4 @@
-package plugin
+package authz
 
 import (
 	"bufio"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/docker/go-plugins-helpers/sdk"
+	"github.com/sirupsen/logrus"
 )
 
 // The lean server answers the two calls dockerd makes on every API call,
@@ -58,7 +59,8 @@ const (
 
 // leanServer is one Serve of the protocol handler.
 type leanServer struct {
-	h        *protocolHandler
+	h        *handler
+	log      logrus.FieldLogger
 	perCall  bool
 	fallback *http.Server
 	handoff  *handoffListener
@@ -79,9 +81,10 @@ type leanConn struct {
 	sec  int64
 }
 
-func serveLean(ctx context.Context, l net.Listener, h *protocolHandler, o ServeOptions) error {
+func serveLean(ctx context.Context, l net.Listener, h *handler, o Options) error {
 	s := &leanServer{
 		h:       h,
+		log:     o.Log,
 		perCall: o.ConnPerCall,
 		fallback: &http.Server{
 			Handler:           h,
@@ -132,7 +135,7 @@ func (s *leanServer) accept(l net.Listener) error {
 			return err
 		}
 		delay = 0
-		lc := &leanConn{c: c, br: bufio.NewReaderSize(c, readBufSize)}
+		lc := &leanConn{c: c, br: bufio.NewReaderSize(c, readBufSize), dec: decoder{keep: s.h.headers}}
 		s.mu.Lock()
 		if s.shutting.Load() {
 			s.mu.Unlock()
@@ -218,7 +221,7 @@ func (s *leanServer) serve(lc *leanConn) {
 		// Deciding recovers its own panics; this is for the protocol
 		// code, so that a bug there costs a connection, not the plugin.
 		if p := recover(); p != nil {
-			s.h.g.log.WithField("panic", fmt.Sprint(p)).Error("panic while serving a plugin connection; closed it")
+			s.log.WithField("panic", fmt.Sprint(p)).Error("panic while serving a plugin connection; closed it")
 		}
 		if !handedOff {
 			lc.c.Close()
@@ -309,7 +312,7 @@ func (s *leanServer) call(lc *leanConn) (keep, handoff bool) {
 		body = denyBody(fmt.Errorf("decode call: %w", derr))
 	} else {
 		// Not the serving context: a call in flight when shutdown
-		// starts is still decided (ServeOptions.Drain bounds it).
+		// starts is still decided (Options.Drain bounds it).
 		body = s.h.respond(context.Background(), req)
 	}
 	keep = keep && !s.shutting.Load() // shutdown may have begun while it was read
@@ -350,8 +353,8 @@ func denyBody(err error) []byte {
 
 // respond decides a decoded AuthZReq call and encodes the answer; a read
 // that passes costs no encoding at all.
-func (h *protocolHandler) respond(ctx context.Context, req authorization.Request) []byte {
-	resp := h.g.AuthZReq(ctx, req)
+func (h *handler) respond(ctx context.Context, req Request) []byte {
+	resp := h.d.Decide(ctx, req)
 	if resp == (authorization.Response{Allow: true}) {
 		return allowBody
 	}

@@ -1,4 +1,4 @@
-package plugin
+package authz
 
 import (
 	"bufio"
@@ -46,22 +46,27 @@ func TestReferenceMirrorsTheHelpersRequest(t *testing.T) {
 	}
 }
 
-func leanDecode(data []byte) (authorization.Request, error) {
-	var d decoder
+// testHeaders are the headers the tests' decoder keeps: the ones
+// prune-guard's guard reads.
+var testHeaders = []string{"Content-Type", "Content-Length"}
+
+func leanDecode(data []byte) (Request, error) {
+	d := decoder{keep: testHeaders}
 	return d.decode(bufio.NewReader(bytes.NewReader(data)), int64(len(data)))
 }
 
 // readView is what a decision reads of a decoded call.
 type readView struct {
-	User, AuthN, Method, URI string
-	Body                     bool
-	Headers                  map[string]string
+	User, Method, URI string
+	Body              bool
+	Headers           map[string]string
 }
 
-func viewOf(user, authn, method, uri string, body []byte, h map[string]string) readView {
-	v := readView{User: user, AuthN: authn, Method: method, URI: uri, Body: len(body) > 0, Headers: map[string]string{}}
+func viewOf(user, method, uri string, body bool, h map[string]string) readView {
+	v := readView{User: user, Method: method, URI: uri, Body: body, Headers: map[string]string{}}
+	d := decoder{keep: testHeaders}
 	for k, val := range h {
-		if isReadHeader([]byte(k)) {
+		if d.keeps([]byte(k)) {
 			v.Headers[k] = val
 		}
 	}
@@ -80,8 +85,8 @@ func checkSame(t *testing.T, data []byte) bool {
 	if rerr := json.Unmarshal(data, &ref); rerr != nil {
 		t.Fatalf("lean decoder accepted what encoding/json refuses (%v): %q", rerr, data)
 	}
-	g := viewOf(got.User, got.UserAuthNMethod, got.RequestMethod, got.RequestURI, got.RequestBody, got.RequestHeaders)
-	w := viewOf(ref.User, ref.UserAuthNMethod, ref.RequestMethod, ref.RequestURI, ref.RequestBody, ref.RequestHeaders)
+	g := viewOf(got.User, got.Method, got.URI, got.BodyForwarded, got.Headers)
+	w := viewOf(ref.User, ref.RequestMethod, ref.RequestURI, len(ref.RequestBody) > 0, ref.RequestHeaders)
 	if !reflect.DeepEqual(g, w) {
 		t.Fatalf("lean decoder read %+v, encoding/json %+v, from %q", g, w, data)
 	}
@@ -168,13 +173,13 @@ func FuzzDecodeCall(f *testing.F) {
 	})
 }
 
-// The lean decoder keeps exactly the headers a decision reads.
-func TestDecodedHeadersAreTheOnesTheClassifierReads(t *testing.T) {
+// The lean decoder keeps exactly the headers the decider reads.
+func TestDecoderKeepsOnlyTheHeadersTheDeciderReads(t *testing.T) {
 	req, err := leanDecode([]byte(`{"RequestMethod":"POST","RequestUri":"/x","RequestHeaders":{"Content-Type":"a","CONTENT-LENGTH":"1","Cookie":"secret"}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := map[string]string{"Content-Type": "a", "CONTENT-LENGTH": "1"}; !maps.Equal(req.RequestHeaders, want) {
-		t.Errorf("headers %v, want %v", req.RequestHeaders, want)
+	if want := map[string]string{"Content-Type": "a", "CONTENT-LENGTH": "1"}; !maps.Equal(req.Headers, want) {
+		t.Errorf("headers %v, want %v", req.Headers, want)
 	}
 }

@@ -1,4 +1,4 @@
-package plugin
+package guard
 
 import (
 	"sort"

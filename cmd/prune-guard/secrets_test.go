@@ -1,23 +1,26 @@
-package plugin
+package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/sirupsen/logrus"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/authz"
+	"github.com/prune-guard/prune-guard/guard"
 	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/resolve"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -183,16 +186,17 @@ func leakCheck(t *testing.T, route credRoute, p credPlacement, secret string) {
 	for _, level := range []policy.AuditLevel{policy.AuditDestructive, policy.AuditAll} {
 		cfg := policy.Default()
 		cfg.Audit = level
-		runs := &fakeRuns{err: route.runsErr}
+		runs := fixedRuns{err: route.runsErr}
 		if route.runsActive {
-			runs.runs = []rules.Run{{Detector: "prune-guard", System: "prune-guard run", Job: "r1", Kind: rules.Container, Name: "job"}}
+			runs.active = []rules.Run{{Detector: "prune-guard", System: "prune-guard run", Job: "r1", Kind: rules.Container, Name: "job"}}
 		}
 		auditBuf, logBuf := &syncBuffer{}, &syncBuffer{}
 		log := logrus.New()
 		log.SetOutput(logBuf)
 		log.SetLevel(logrus.DebugLevel)
 		al := audit.New(auditBuf, nil)
-		g := NewGuard(cfg, runs, &fakeNames{}, al, log)
+		g := guard.New(cfg, runs, noNames{}, al, log)
+		h := authz.Handler(authzDecider{g}, g.Handler(), authz.Options{Headers: rules.ReadHeaders()})
 
 		req := authorization.Request{RequestMethod: route.method, RequestURI: route.uri, RequestHeaders: map[string]string{}, User: "ci-user"}
 		for k, v := range route.headers {
@@ -204,18 +208,18 @@ func leakCheck(t *testing.T, route credRoute, p credPlacement, secret string) {
 			t.Fatal(err)
 		}
 		rec := httptest.NewRecorder()
-		Handler(g).ServeHTTP(rec, httptest.NewRequest("POST", "/AuthZPlugin.AuthZReq", bytes.NewReader(body)))
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/AuthZPlugin.AuthZReq", bytes.NewReader(body)))
 		if rec.Code != http.StatusOK {
 			t.Fatalf("plugin answered %d: %s", rec.Code, rec.Body)
 		}
-		if level == policy.AuditAll && !strings.Contains(auditBuf.b.String(), `"uri"`) {
+		if level == policy.AuditAll && !strings.Contains(auditBuf.String(), `"uri"`) {
 			t.Fatalf("nothing was audited under audit: all; the check would prove nothing")
 		}
 		// The status endpoint is another way out of the process.
 		status := httptest.NewRecorder()
-		Handler(g).ServeHTTP(status, httptest.NewRequest("GET", "/status", nil))
+		h.ServeHTTP(status, httptest.NewRequest("GET", "/status", nil))
 
-		for where, text := range map[string]string{"audit log": auditBuf.b.String(), "operational log": logBuf.b.String(), "status": status.Body.String()} {
+		for where, text := range map[string]string{"audit log": auditBuf.String(), "operational log": logBuf.String(), "status": status.Body.String()} {
 		forms:
 			for _, f := range forbidden {
 				for _, form := range []string{f, url.QueryEscape(f), url.PathEscape(f)} {
@@ -277,54 +281,45 @@ func FuzzNoCredentialReachesTheLogs(f *testing.F) {
 	})
 }
 
-// The audit file is created owner-only whatever the umask, and an existing
-// one that others can read is narrowed; the socket is 0660.
-func TestAuditFileIsOwnerOnlyAndSocketIs0660(t *testing.T) {
-	dir := t.TempDir()
-	for _, tc := range []struct {
-		name     string
-		existing os.FileMode // 0: the file does not exist yet
-	}{
-		{"created", 0},
-		{"existing and world-readable", 0o644},
-		{"existing and world-writable", 0o666},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".jsonl")
-			if tc.existing != 0 {
-				if err := os.WriteFile(path, nil, tc.existing); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Chmod(path, tc.existing); err != nil {
-					t.Fatal(err)
-				}
-			}
-			al, err := audit.Open(path, -1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			al.Event("test", nil)
-			al.Close()
-			fi, err := os.Stat(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := fi.Mode().Perm(); got != 0o600 {
-				t.Errorf("audit file mode %o; want 0600", got)
-			}
-		})
-	}
-	sock := filepath.Join(dir, "p.sock")
-	l, err := Listen(sock, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	fi, err := os.Stat(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := fi.Mode().Perm(); got != 0o660 {
-		t.Errorf("socket mode %o; want 0660", got)
-	}
+// fixedRuns reports the same run state whenever asked.
+type fixedRuns struct {
+	active []rules.Run
+	err    error
+}
+
+func (f fixedRuns) State(context.Context, rules.Detection) rules.RunState {
+	return rules.RunState{Active: f.active, Err: f.err}
+}
+
+func (fixedRuns) HostVisible() (bool, string) { return true, "" }
+
+// noNames knows no image and no plugin.
+type noNames struct{}
+
+func (noNames) Image(context.Context, string) (resolve.Image, bool, error) {
+	return resolve.Image{}, false, nil
+}
+
+func (noNames) Images(context.Context, []string, bool) ([]resolve.Image, error) { return nil, nil }
+
+func (noNames) Plugin(context.Context, string) (resolve.Plugin, bool, error) {
+	return resolve.Plugin{}, false, nil
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a log.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -1,4 +1,4 @@
-package plugin
+package guard
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/sirupsen/logrus"
 
 	"github.com/prune-guard/prune-guard/audit"
@@ -36,7 +35,33 @@ type NameSource interface {
 	Plugin(ctx context.Context, name string) (resolve.Plugin, bool, error)
 }
 
-// Guard decides authorization requests. It is safe for concurrent use.
+// Request is one API request as a transport saw it: an authorization plugin
+// call, or a request a proxy holds before forwarding it.
+type Request struct {
+	// Method and URI are the request's as the daemon receives them, the URI
+	// raw (not decoded, query included).
+	Method, URI string
+	// User is the authenticated user the transport knows, if any.
+	User string
+	// Headers holds the request headers the classifier reads (rules.Request
+	// says which, and which value of a repeated one).
+	Headers map[string]string
+	// Body says what the transport knows of the request body.
+	Body rules.BodyView
+}
+
+// Verdict is a decision as a transport answers it.
+type Verdict struct {
+	Allow bool
+	// Message says why a request was refused and what to do instead; it
+	// is "" when Allow is set.
+	Message string
+}
+
+// allowed is the verdict of every request that passes.
+var allowed = Verdict{Allow: true}
+
+// Guard decides requests. It is safe for concurrent use.
 type Guard struct {
 	classifier *rules.Classifier
 	config     atomic.Pointer[policy.Config]
@@ -47,9 +72,9 @@ type Guard struct {
 	stats      *Stats
 }
 
-// NewGuard returns a guard enforcing cfg. Records go to al; operational
+// New returns a guard enforcing cfg. Records go to al; operational
 // messages (panics, engine trouble) to log.
-func NewGuard(cfg *policy.Config, runs RunSource, names NameSource, al *audit.Log, log logrus.FieldLogger) *Guard {
+func New(cfg *policy.Config, runs RunSource, names NameSource, al *audit.Log, log logrus.FieldLogger) *Guard {
 	g := &Guard{classifier: rules.NewClassifier(), runs: runs, names: names, audit: al, log: log, stats: newStats()}
 	g.config.Store(cfg)
 	return g
@@ -68,8 +93,9 @@ func (g *Guard) Stats() *Stats { return g.stats }
 // internalErrorRule names the decision taken when deciding itself failed.
 const internalErrorRule = "internal-error"
 
-// AuthZReq decides whether dockerd may run a request.
-func (g *Guard) AuthZReq(ctx context.Context, req authorization.Request) (resp authorization.Response) {
+// Decide decides whether the daemon may run a request. It never panics: a
+// failure while deciding is a refusal that says so.
+func (g *Guard) Decide(ctx context.Context, req Request) (v Verdict) {
 	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil {
@@ -78,25 +104,20 @@ func (g *Guard) AuthZReq(ctx context.Context, req authorization.Request) (resp a
 			msg := "prune-guard: request refused because prune-guard failed while deciding it (see the plugin's log); retry, and report the log if it persists"
 			g.stats.count(audit.Deny, internalErrorRule, time.Since(start))
 			g.audit.Write(audit.Record{Decision: audit.Deny, Rule: internalErrorRule, Operation: rules.OpUnknown.String(),
-				Method: req.RequestMethod, URI: req.RequestURI, User: req.User, Reason: msg})
-			resp = authorization.Response{Allow: false, Msg: msg}
+				Method: req.Method, URI: req.URI, User: req.User, Reason: msg})
+			v = Verdict{Message: msg}
 		}
 	}()
 
 	cfg := g.config.Load()
-	c := g.classifier.Classify(rules.Request{
-		Method:  req.RequestMethod,
-		URI:     req.RequestURI,
-		Headers: req.RequestHeaders,
-		Body:    req.RequestBody,
-	})
+	c := g.classifier.Classify(rules.Request{Method: req.Method, URI: req.URI, Headers: req.Headers, Body: req.Body})
 	if c.Op == rules.OpOther {
 		g.stats.allowRead()
 		if cfg.Audit == policy.AuditAll {
-			g.audit.Write(audit.Record{Decision: audit.Allow, Operation: c.Op.String(), Method: req.RequestMethod,
-				URI: req.RequestURI, User: req.User, Reason: "not destructive", Policy: cfg.ShortHash()})
+			g.audit.Write(audit.Record{Decision: audit.Allow, Operation: c.Op.String(), Method: req.Method,
+				URI: req.URI, User: req.User, Reason: "not destructive", Policy: cfg.ShortHash()})
 		}
-		return authorization.Response{Allow: true}
+		return allowed
 	}
 
 	d := rules.Evaluate(c, cfg.Policy, &facts{ctx: ctx, g: g, cfg: cfg})
@@ -108,15 +129,9 @@ func (g *Guard) AuthZReq(ctx context.Context, req authorization.Request) (resp a
 		g.audit.Write(r)
 	}
 	if !d.Allow {
-		return authorization.Response{Allow: false, Msg: d.Message}
+		return Verdict{Message: d.Message}
 	}
-	return authorization.Response{Allow: true}
-}
-
-// AuthZRes allows every response: by then the handler has run, and a deny
-// would only hide its result from the client.
-func (g *Guard) AuthZRes(context.Context, authorization.Request) authorization.Response {
-	return authorization.Response{Allow: true}
+	return allowed
 }
 
 // facts answers a decision's questions about the engine under one policy
@@ -193,13 +208,13 @@ func (f *facts) PluginProtected(name string) rules.Check {
 	return rules.Check{Yes: yes, Why: why}
 }
 
-func record(req authorization.Request, c rules.Classification, d rules.Decision, took time.Duration) audit.Record {
+func record(req Request, c rules.Classification, d rules.Decision, took time.Duration) audit.Record {
 	r := audit.Record{
 		Decision:   audit.OutcomeOf(d),
 		Rule:       d.Rule,
 		Operation:  c.Op.String(),
-		Method:     req.RequestMethod,
-		URI:        req.RequestURI,
+		Method:     req.Method,
+		URI:        req.URI,
 		Target:     c.Target,
 		User:       req.User,
 		Doubt:      c.Doubt,

@@ -205,7 +205,7 @@ func TestAuditHelpTeachesTheFlagsWithExamples(t *testing.T) {
 // and policy files are written out, and each "$ prune-guard ..." block must
 // print exactly what the document shows.
 func TestDocumentedAuditExamplesRun(t *testing.T) {
-	doc, err := os.ReadFile("docs/audit.md")
+	doc, err := os.ReadFile("../../docs/audit.md")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,24 @@
+package main
+
+import (
+	"context"
+
+	"github.com/docker/go-plugins-helpers/authorization"
+	"github.com/prune-guard/prune-guard/authz"
+	"github.com/prune-guard/prune-guard/guard"
+	"github.com/prune-guard/prune-guard/rules"
+)
+
+// authzDecider answers the plugin protocol's calls with the guard's
+// decisions: the one place the transport's view of a request becomes the
+// guard's.
+type authzDecider struct{ g *guard.Guard }
+
+func (d authzDecider) Decide(ctx context.Context, r authz.Request) authorization.Response {
+	body := rules.BodyHidden
+	if r.BodyForwarded {
+		body = rules.BodyForwarded
+	}
+	v := d.g.Decide(ctx, guard.Request{Method: r.Method, URI: r.URI, User: r.User, Headers: r.Headers, Body: body})
+	return authorization.Response{Allow: v.Allow, Msg: v.Message}
+}
