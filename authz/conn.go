@@ -487,6 +487,7 @@ func parseLength(b []byte) (int64, bool) {
 	return n, true
 }
 
+// asciiEqualFold reports whether b and s are equal under ASCII case folding.
 func asciiEqualFold(b []byte, s string) bool {
 	if len(b) != len(s) {
 		return false
@@ -584,3 +585,10 @@ func (l *handoffListener) Close() error {
 func (l *handoffListener) Addr() net.Addr { return l.addr }
 
 var _ io.Reader = (*bufferedConn)(nil)
+
+func upperASCII(c byte) byte {
+	if 'a' <= c && c <= 'z' {
+		c -= 'a' - 'A'
+	}
+	return c
+}

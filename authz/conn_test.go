@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,13 @@ func servePlugin(t testing.TB, o Options) (sock string, stop func() error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sock, serveOn(t, l, o)
+}
+
+// serveOn serves the protocol on l until the test ends; stop ends it early
+// and returns Serve's error.
+func serveOn(t testing.TB, l net.Listener, o Options) (stop func() error) {
+	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	o.Log = log
@@ -44,7 +52,7 @@ func servePlugin(t testing.TB, o Options) (sock string, stop func() error) {
 		return err2
 	}
 	t.Cleanup(func() { stop() })
-	return sock, stop
+	return stop
 }
 
 // rawCall is one HTTP request as bytes.
@@ -202,19 +210,34 @@ func TestOversizedCallIsRefusedWithoutKeepingIt(t *testing.T) {
 // On shutdown an idle connection is closed and a call in flight is still
 // answered, with "Connection: close".
 func TestShutdownClosesIdleConnectionsAndDrainsCallsInFlight(t *testing.T) {
-	sock, stop := servePlugin(t, Options{Drain: 5 * time.Second})
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := rawCall("/AuthZPlugin.AuthZReq", pruneAllCall)
+	head := call[:len(call)-5]
+	// reading tells when the server waits for the rest of the busy call:
+	// it reads again after it has everything sent so far.
+	reading := make(chan struct{})
+	stop := serveOn(t, &readWatcher{Listener: l, after: len(head), reading: reading}, Options{Drain: 5 * time.Second})
+
 	idle, idleBR := dial(t, sock)
 	idle.Write(rawCall("/AuthZPlugin.AuthZReq", readCall))
 	readAnswer(t, idleBR)
 
 	busy, busyBR := dial(t, sock)
-	call := rawCall("/AuthZPlugin.AuthZReq", pruneAllCall)
-	busy.Write(call[:len(call)-5])
-	time.Sleep(50 * time.Millisecond) // the call is being read
+	busy.Write(head)
+	<-reading
 	stopped := make(chan error, 1)
 	go func() { stopped <- stop() }()
-	time.Sleep(50 * time.Millisecond)
-	busy.Write(call[len(call)-5:])
+	// The idle connection is closed once shutdown has begun: from then on
+	// the busy call's answer must close its connection.
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idleBR.ReadByte(); err != io.EOF {
+		t.Errorf("idle connection after shutdown: %v, want EOF", err)
+	}
+	busy.Write(call[len(head):])
 	resp, a := readAnswer(t, busyBR)
 	if a.Allow || !resp.Close {
 		t.Errorf("call in flight: %+v, close %v", a, resp.Close)
@@ -222,10 +245,42 @@ func TestShutdownClosesIdleConnectionsAndDrainsCallsInFlight(t *testing.T) {
 	if err := <-stopped; err != nil {
 		t.Errorf("Serve: %v", err)
 	}
-	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := idleBR.ReadByte(); err != io.EOF {
-		t.Errorf("idle connection after shutdown: %v, want EOF", err)
+}
+
+// readWatcher closes reading when a connection it accepted (the second, in
+// the test above) is read again after its first after bytes were read.
+type readWatcher struct {
+	net.Listener
+	after   int
+	reading chan struct{}
+	n       int
+}
+
+func (w *readWatcher) Accept() (net.Conn, error) {
+	c, err := w.Listener.Accept()
+	if err != nil {
+		return nil, err
 	}
+	if w.n++; w.n != 2 {
+		return c, nil
+	}
+	return &watchedConn{Conn: c, w: w}, nil
+}
+
+type watchedConn struct {
+	net.Conn
+	w    *readWatcher
+	read int
+	once sync.Once
+}
+
+func (c *watchedConn) Read(p []byte) (int, error) {
+	if c.read >= c.w.after {
+		c.once.Do(func() { close(c.w.reading) })
+	}
+	n, err := c.Conn.Read(p)
+	c.read += n
+	return n, err
 }
 
 // benchCall sends call on c and reads one answer into buf, allocating

@@ -20,14 +20,15 @@ import (
 //
 // It accepts a subset of what encoding/json accepts into
 // authorization.Request and, where it accepts, yields the same values
-// (FuzzDecodeCall checks both): field names match exactly or by
-// encoding/json's case folding, a repeated field is decoded again (maps
-// merge, null clears), strings are unescaped the same way (surrogate pairs,
-// U+FFFD for invalid UTF-8 and lone surrogates), and a field of the wrong
-// type is an error. It refuses more than encoding/json in a few places
-// dockerd never reaches (escapes inside base64, arrays as []byte, nesting
-// deeper than maxDepth, strings longer than maxString), and refusing is
-// always safe: the call is denied.
+// (FuzzDecodeCall checks both): strings are unescaped the same way
+// (surrogate pairs, U+FFFD for invalid UTF-8 and lone surrogates), unknown
+// members are skipped, and a field of the wrong type is an error. It
+// refuses more than encoding/json where dockerd never reaches: a field name
+// that matches only by encoding/json's case folding or that names a field
+// a second time (dockerd encodes its own struct, so each name comes once and
+// exactly), an unknown member name that is not ASCII, escapes inside
+// base64, arrays as []byte, nesting deeper than maxDepth, and strings longer
+// than maxString. Refusing is always safe: the call is denied.
 
 // maxString bounds one decoded string we keep (URI, method, user, a header
 // name or value). dockerd's own server reads at most 1 MiB of request line
@@ -77,7 +78,6 @@ type decoder struct {
 	key     []byte // the object key being matched
 	val     []byte // a string value being kept
 	headers []header
-	noHdrs  bool // RequestHeaders was absent or null
 }
 
 type header struct{ name, value string }
@@ -165,7 +165,6 @@ func syntaxError(format string, a ...any) error {
 func (d *decoder) decode(br *bufio.Reader, n int64) (Request, error) {
 	d.r = callReader{br: br, n: n}
 	d.headers = d.headers[:0]
-	d.noHdrs = true // RequestHeaders absent
 	var req Request
 	c, err := d.r.nonSpace()
 	if err != nil {
@@ -180,19 +179,15 @@ func (d *decoder) decode(br *bufio.Reader, n int64) (Request, error) {
 	if err := d.object(&req); err != nil {
 		return req, err
 	}
-	for {
-		c, err := d.r.nonSpace()
-		if errors.Is(err, errTruncated) {
-			break
-		}
-		if err != nil {
-			return req, err
-		}
+	switch c, err := d.r.nonSpace(); {
+	case err == nil:
 		return req, fmt.Errorf("trailing data after the request object (%q)", c)
+	case !errors.Is(err, errTruncated):
+		return req, err
 	}
-	// The classifier only looks headers up, so an empty map and none are
-	// the same to it; the map is made only when it holds something.
-	if !d.noHdrs && len(d.headers) > 0 {
+	// A decision only looks headers up, so an empty map and none are the
+	// same to it; the map is made only when it holds something.
+	if len(d.headers) > 0 {
 		req.Headers = make(map[string]string, len(d.headers))
 		for _, h := range d.headers {
 			req.Headers[h.name] = h.value
@@ -210,8 +205,19 @@ func (d *decoder) decode(br *bufio.Reader, n int64) (Request, error) {
 
 // object decodes the call's members; the '{' has been read.
 func (d *decoder) object(req *Request) error {
+	var seen [len(fieldNames)]bool
 	return d.members(func() error {
-		switch matchField(d.key) {
+		f, err := matchField(d.key)
+		if err != nil {
+			return err
+		}
+		if f != fUnknown {
+			if seen[f] {
+				return fmt.Errorf("field %s appears twice; dockerd sends each field once", d.key)
+			}
+			seen[f] = true
+		}
+		switch f {
 		case fUser:
 			return d.stringField(&req.User, false)
 		case fUserAuthNMethod:
@@ -285,59 +291,27 @@ func (d *decoder) members(value func() error) error {
 	}
 }
 
-// matchField finds the field a key sets the way encoding/json does: the
-// exact name, or failing that one equal under its case folding.
-func matchField(key []byte) field {
+// matchField finds the field a key names exactly. A key encoding/json
+// would match only by its case folding (ASCII case, or a non-ASCII rune such
+// as 'ſ' folding to 'S') is refused: dockerd never sends one. Any other key
+// is an unknown member, skipped as encoding/json skips it.
+func matchField(key []byte) (field, error) {
 	for f, name := range fieldNames {
 		if f != int(fUnknown) && string(key) == name {
-			return field(f)
+			return field(f), nil
+		}
+	}
+	for _, c := range key {
+		if c >= utf8.RuneSelf {
+			return fUnknown, fmt.Errorf("member name %q is not ASCII; dockerd sends only its own field names", key)
 		}
 	}
 	for f, name := range fieldNames {
-		if f != int(fUnknown) && foldEqual(key, name) {
-			return field(f)
+		if f != int(fUnknown) && asciiEqualFold(key, name) {
+			return fUnknown, fmt.Errorf("member name %q is not dockerd's %q", key, name)
 		}
 	}
-	return fUnknown
-}
-
-// foldEqual reports whether encoding/json folds key to the same name as the
-// ASCII name: ASCII letters fold to upper case, any other rune to the
-// smallest rune of its fold orbit (so 'ſ' is 'S' and the Kelvin sign 'K').
-func foldEqual(key []byte, name string) bool {
-	j := 0
-	for i := 0; i < len(key); {
-		r, size := rune(key[i]), 1
-		if r >= utf8.RuneSelf {
-			r, size = utf8.DecodeRune(key[i:])
-			r = foldRune(r)
-		} else if 'a' <= r && r <= 'z' {
-			r -= 'a' - 'A'
-		}
-		i += size
-		if j >= len(name) || r != upperASCII(name[j]) {
-			return false
-		}
-		j++
-	}
-	return j == len(name)
-}
-
-func upperASCII(c byte) rune {
-	if 'a' <= c && c <= 'z' {
-		c -= 'a' - 'A'
-	}
-	return rune(c)
-}
-
-func foldRune(r rune) rune {
-	for {
-		r2 := unicode.SimpleFold(r)
-		if r2 <= r {
-			return r2
-		}
-		r = r2
-	}
+	return fUnknown, nil
 }
 
 // stringField decodes a string or null into *s. Known methods are interned
@@ -482,9 +456,8 @@ func (v *base64Check) end() (present, ok bool) {
 }
 
 // headersField decodes a map[string]string (or null). For RequestHeaders it
-// keeps the headers the classifier reads; the others are checked and
-// skipped. Like encoding/json it adds to what an earlier RequestHeaders
-// member set, and null empties it.
+// keeps the headers the decider reads; the others are checked and skipped.
+// A header named twice keeps its last value, as encoding/json does.
 func (d *decoder) headersField(keep bool) error {
 	c, err := d.r.nonSpace()
 	if err != nil {
@@ -492,16 +465,10 @@ func (d *decoder) headersField(keep bool) error {
 	}
 	switch c {
 	case 'n':
-		if keep {
-			d.headers, d.noHdrs = d.headers[:0], true
-		}
 		return d.literal("ull")
 	case '{':
 	default:
 		return fmt.Errorf("field %s is not an object", d.key)
-	}
-	if keep {
-		d.noHdrs = false
 	}
 	return d.members(func() error {
 		wanted := keep && d.keeps(d.key)

@@ -114,10 +114,10 @@ func decodeSeeds(t testing.TB) [][]byte {
 		dockerdCall(t, authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/\xff\xfeé😀", ResponseStatusCode: 200,
 			ResponseBody: []byte("[]"), ResponseHeaders: map[string]string{"Api-Version": "1.41"}}),
 		[]byte(`{"RequestMethod":"POST","RequestUri":"/images/x\ud83d\ude00\ud800\u0041\udc00\ud800\ud800","RequestBody":""}`),
-		[]byte(` {"requestmethod":"DELETE","REQUESTURI":"/a","Requeſturi":"/b","RequestUri":null} `),
-		[]byte(`{"RequestHeaders":{"content-type":"a","Content-Type":null,"X":"y"},"RequestHeaders":{"Content-Length":"0"},"RequestMethod":"POST","RequestUri":"/v1.41/images/prune"}`),
-		[]byte(`{"RequestHeaders":{"Content-Type":"a"},"RequestHeaders":null,"RequestMethod":"POST","RequestUri":"/x"}`),
-		[]byte(`{"RequestBody":"QUJD","RequestBody":null,"RequestPeerCertificates":[{"x":[1,-2.5e+3,true,false,null]}],"Other":{"a":[[]]},"RequestMethod":"POST","RequestUri":"/p"}`),
+		[]byte(` {"Request\u004dethod":"DELETE","RequestUri":null,"Other":1,"Other":2} `),
+		[]byte(`{"RequestHeaders":{"content-type":"a","Content-Type":null,"X":"y","Content-Length":"1","Content-Length":"0"},"RequestMethod":"POST","RequestUri":"/v1.41/images/prune"}`),
+		[]byte(`{"RequestHeaders":null,"RequestMethod":"POST","RequestUri":"/x"}`),
+		[]byte(`{"RequestBody":null,"RequestPeerCertificates":[{"x":[1,-2.5e+3,true,false,null]}],"Other":{"a":[[]]},"RequestMethod":"POST","RequestUri":"/p"}`),
 		[]byte(`{"RequestBody":"QQ==","ResponseBody":"QUI=","RequestMethod":"POST","RequestUri":"/p","User":"\"\\\/\b\f\n\r\t"}`),
 		[]byte("{\"RequestMethod\":\"GET\",\"RequestUri\":\"/\u2028\"}\n\t\r "),
 	}
@@ -128,6 +128,29 @@ func TestDecodeCallMatchesEncodingJSON(t *testing.T) {
 		if !checkSame(t, data) {
 			_, err := leanDecode(data)
 			t.Errorf("refused a call encoding/json reads (%v): %q", err, data)
+		}
+	}
+}
+
+// dockerd encodes its own struct: each field once, named exactly. A call
+// that names a field otherwise is refused, though encoding/json would read
+// it.
+func TestDecodeCallRefusesFieldNamesDockerdNeverSends(t *testing.T) {
+	for _, data := range []string{
+		`{"requestmethod":"DELETE","RequestUri":"/a"}`,
+		`{"RequestMethod":"DELETE","REQUESTURI":"/a"}`,
+		`{"RequestMethod":"DELETE","Requeſturi":"/a"}`,
+		`{"RequestMethod":"DELETE","RequestUri":"/a","\u212aey":1}`,
+		`{"RequestMethod":"DELETE","RequestUri":"/a","RequestUri":"/b"}`,
+		`{"RequestHeaders":{"Content-Type":"a"},"RequestHeaders":null,"RequestMethod":"POST","RequestUri":"/x"}`,
+		`{"RequestBody":"QUJD","RequestBody":null,"RequestMethod":"POST","RequestUri":"/p"}`,
+		`{"User":"a","User":"b","RequestMethod":"GET","RequestUri":"/p"}`,
+	} {
+		if !json.Valid([]byte(data)) {
+			t.Fatalf("not JSON: %s", data)
+		}
+		if _, err := leanDecode([]byte(data)); err == nil {
+			t.Errorf("accepted %s", data)
 		}
 	}
 }

@@ -20,7 +20,9 @@ type Stats struct {
 
 	mu     sync.Mutex
 	byRule map[string]map[string]int64 // rule -> outcome -> count
-	// latency of destructive decisions, in microseconds, by bucket bound
+	// latency counts destructive decisions by the first LatencyBuckets
+	// bound their time is within; the last element counts those over
+	// every bound.
 	latency [numLatencyBuckets + 1]int64
 	latSum  time.Duration
 	latN    int64
