@@ -230,9 +230,18 @@ func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *guard.Gu
 		log.WithFields(logrus.Fields{"source": next.Source, "policy": next.ShortHash()}).Info("policy loaded")
 		al.Event("policy loaded", map[string]any{"source": next.Source, "policy": next.Hash})
 	}
-	go policy.Watch(ctx, o.policyFile, o.policyOptional, o.watchInterval, last, apply)
+	go policy.Watch(ctx, o.policyFile, o.policyOptional, o.watchInterval, last, reloadOnSIGHUP(ctx), apply)
+}
+
+// reloadOnSIGHUP returns a channel that asks for a reload on every SIGHUP
+// until ctx ends. It only asks: reading and applying the file stay on
+// policy.Watch's one goroutine, so a reload and a poll never race. The
+// handler is installed before it returns, so a SIGHUP sent once serve is
+// up reloads instead of ending the process.
+func reloadOnSIGHUP(ctx context.Context) <-chan struct{} {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{})
 	go func() {
 		defer signal.Stop(hup)
 		for {
@@ -240,11 +249,17 @@ func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *guard.Gu
 			case <-ctx.Done():
 				return
 			case <-hup:
-				next, _, err := policy.LoadOptional(o.policyFile, o.policyOptional)
-				apply(next, err)
+			}
+			// Signals that arrive while this waits are coalesced in hup's
+			// buffer: the reload taken after them reads the file anew.
+			select {
+			case <-ctx.Done():
+				return
+			case reload <- struct{}{}:
 			}
 		}
 	}()
+	return reload
 }
 
 // logStart says what is being served, and whether host-process detectors can
