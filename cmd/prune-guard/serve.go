@@ -216,6 +216,13 @@ func (o serveOptions) listen() (l net.Listener, where string, err error) {
 // and the policy in force stays.
 func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *guard.Guard, al *audit.Log, log *logrus.Logger) {
 	if o.policyFile == "" {
+		// Nothing to reload, but a SIGHUP (systemctl reload) must not end
+		// the process either.
+		go func() {
+			for range reloadOnSIGHUP(ctx) {
+				log.Info("SIGHUP: no --policy file to reload; the built-in policy stays")
+			}
+		}()
 		return
 	}
 	apply := func(next *policy.Config, err error) {
