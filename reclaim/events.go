@@ -2,10 +2,11 @@ package reclaim
 
 import (
 	"strings"
-	"time"
 
 	"github.com/distribution/reference"
 	"github.com/moby/moby/api/types/events"
+
+	"github.com/prune-guard/prune-guard/eventstream"
 )
 
 // Event filters: the engine events that say an image appeared or was used.
@@ -78,44 +79,32 @@ func normalize(ref string) (string, bool) {
 
 // Observe applies one engine event to the state: a container create,
 // start or exit is a use of its image; an image pull, tag, load or import
-// is a sighting. Events naming an image the index does not know (removed
-// since, or a name that has moved) are ignored: the next resync covers
-// what they would have said. It reports whether the event was applied.
-func (s *State) Observe(m events.Message, x *Index) bool {
-	t := eventTime(m)
-	if t.IsZero() {
-		return false
-	}
-	switch m.Type {
+// is a sighting, at the event's time (eventstream.Time: an undated event's
+// is when it was received). Events naming an image the index does not know
+// (removed since, or a name that has moved) are ignored: the next resync
+// covers what they would have said. It reports whether the event was
+// applied.
+func (s *State) Observe(e eventstream.Event, x *Index) bool {
+	switch e.Type {
 	case events.ContainerEventType:
-		switch m.Action {
+		switch e.Action {
 		case events.ActionCreate, events.ActionStart, events.ActionDie:
 			// The image attribute is the name the container was
 			// created with, not an ID.
-			if id, ok := x.Resolve(m.Actor.Attributes["image"]); ok {
-				s.Used(id, t)
+			if id, ok := x.Resolve(e.Actor.Attributes["image"]); ok {
+				s.Used(id, e.At)
 				return true
 			}
 		}
 	case events.ImageEventType:
-		switch m.Action {
+		switch e.Action {
 		case events.ActionPull, events.ActionTag, events.ActionLoad, events.ActionImport:
 			// A pull names the reference pulled; the others, the ID.
-			if id, ok := x.Resolve(m.Actor.ID); ok {
-				s.Seen(id, t)
+			if id, ok := x.Resolve(e.Actor.ID); ok {
+				s.Seen(id, e.At)
 				return true
 			}
 		}
 	}
 	return false
-}
-
-func eventTime(m events.Message) time.Time {
-	switch {
-	case m.TimeNano > 0:
-		return time.Unix(0, m.TimeNano)
-	case m.Time > 0:
-		return time.Unix(m.Time, 0)
-	}
-	return time.Time{}
 }

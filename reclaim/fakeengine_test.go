@@ -280,8 +280,10 @@ func (f *fakeEngine) Events(ctx context.Context, opts client.EventsListOptions) 
 	since, until := parseStamp(f.t, opts.Since), parseStamp(f.t, opts.Until)
 	var out []events.Message
 	for _, m := range f.log {
+		// An undated event (dockerd never sends one) has no time to
+		// leave it out by.
 		at := time.Unix(0, m.TimeNano)
-		if at.Before(since) || (!until.IsZero() && at.After(until)) {
+		if m.TimeNano != 0 && (at.Before(since) || (!until.IsZero() && at.After(until))) {
 			continue
 		}
 		if ts := opts.Filters["type"]; ts != nil && !ts[string(m.Type)] {

@@ -12,11 +12,10 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/distribution/reference"
-	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/client"
 
 	"github.com/prune-guard/prune-guard/audit"
-	"github.com/prune-guard/prune-guard/engine"
+	"github.com/prune-guard/prune-guard/eventstream"
 	"github.com/prune-guard/prune-guard/rules"
 	"github.com/prune-guard/prune-guard/runs"
 )
@@ -60,8 +59,8 @@ type Reclaimer struct {
 	measure func(path string) (Usage, error)
 
 	mu      sync.Mutex
-	pending []events.Message // watch mode: received, not yet applied
-	horizon time.Time        // watch mode: events before this are received
+	pending []eventstream.Event // watch mode: received, not yet applied
+	horizon time.Time           // watch mode: events before this are received
 }
 
 // New returns a Reclaimer that asks e and audits to al.
@@ -133,7 +132,7 @@ type Outcome struct {
 func (r *Reclaimer) Once(ctx context.Context) (*Result, error) {
 	st := r.loadState()
 	until := r.now()
-	var evs []events.Message
+	var evs []eventstream.Event
 	// A state from the future (a clock set back) has nothing to replay.
 	if !st.Since.IsZero() && st.Since.Before(until) {
 		var err error
@@ -203,62 +202,49 @@ func (r *Reclaimer) Watch(ctx context.Context, interval time.Duration, errOut io
 // ends, queueing them for the next pass and reconnecting after an error
 // from where it left off.
 func (r *Reclaimer) follow(ctx context.Context, since time.Time, errOut io.Writer) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		opts := client.EventsListOptions{Filters: eventFilters()}
-		if !since.IsZero() {
-			opts.Since = since.UTC().Format(time.RFC3339Nano)
-		}
-		subscribed := r.now()
-		err := engine.Negotiate(ctx, r.c, r.cfg.EngineTimeout)
-		if err == nil {
-			err = r.stream(ctx, r.c.Events(ctx, opts), subscribed, &since, &backoff)
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		fmt.Fprintf(errOut, "prune-guard reclaim: engine events interrupted (%v); reconnecting in %v\n", err, backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 30*time.Second)
+	f := eventstream.Follower{
+		Engine: r.c, Timeout: r.cfg.EngineTimeout, Filters: eventFilters(), Now: r.now,
+		MinBackoff: time.Second, MaxBackoff: 30 * time.Second,
+	}
+	f.Follow(ctx, since, &queue{r: r, errOut: errOut})
+}
+
+// queue holds the events follow receives for the next pass, and moves the
+// horizon.
+type queue struct {
+	r      *Reclaimer
+	errOut io.Writer
+}
+
+func (q *queue) Event(e eventstream.Event) {
+	r := q.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending) >= maxPending {
+		// Passes have been failing for a long time; the resync covers
+		// what is dropped.
+		r.pending = r.pending[len(r.pending)-maxPending/2:]
+	}
+	r.pending = append(r.pending, e)
+	// Only the engine's own times: a receipt says nothing of what is
+	// still in flight.
+	if e.Dated && e.At.After(r.horizon) {
+		r.horizon = e.At
 	}
 }
 
-// stream queues one subscription's events until it ends, and returns why.
-// It moves since to the newest event seen and resets the backoff on each.
-func (r *Reclaimer) stream(ctx context.Context, stream client.EventsResult, subscribed time.Time, since *time.Time, backoff *time.Duration) error {
-	for {
-		select {
-		case m := <-stream.Messages:
-			*backoff = time.Second
-			r.mu.Lock()
-			if len(r.pending) >= maxPending {
-				// Passes have been failing for a long time;
-				// the resync covers what is dropped.
-				r.pending = r.pending[len(r.pending)-maxPending/2:]
-			}
-			r.pending = append(r.pending, m)
-			if t := eventTime(m); t.After(r.horizon) {
-				r.horizon, *since = t, t
-			}
-			r.mu.Unlock()
-		case err := <-stream.Err:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-			// Connected and quiet: everything before the
-			// subscription is in.
-			r.mu.Lock()
-			if subscribed.After(r.horizon) {
-				r.horizon = subscribed
-			}
-			r.mu.Unlock()
-		}
+// CaughtUp: everything the engine kept from before the subscription is in.
+func (q *queue) CaughtUp(rep eventstream.Replay) {
+	r := q.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rep.Subscribed.After(r.horizon) {
+		r.horizon = rep.Subscribed
 	}
+}
+
+func (q *queue) Broken(err error, retry time.Duration) {
+	fmt.Fprintf(q.errOut, "prune-guard reclaim: engine events interrupted (%v); reconnecting in %v\n", err, retry)
 }
 
 func eventFilters() client.Filters {
@@ -268,26 +254,15 @@ func eventFilters() client.Filters {
 // replay reads the events the engine still holds from since to until. The
 // engine keeps only the most recent ones (256 on 20.10), so older gaps are
 // left to the resync.
-func (r *Reclaimer) replay(ctx context.Context, since, until time.Time) ([]events.Message, error) {
+func (r *Reclaimer) replay(ctx context.Context, since, until time.Time) ([]eventstream.Event, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.EngineTimeout)
 	defer cancel()
-	stream := r.c.Events(ctx, client.EventsListOptions{
-		Since:   since.UTC().Format(time.RFC3339Nano),
-		Until:   until.UTC().Format(time.RFC3339Nano),
-		Filters: eventFilters(),
-	})
-	var evs []events.Message
-	for {
-		select {
-		case m := <-stream.Messages:
-			evs = append(evs, m)
-		case err := <-stream.Err:
-			if err == nil || errors.Is(err, io.EOF) {
-				return evs, nil
-			}
-			return nil, fmt.Errorf("read engine events since %s: %w", since.Format(time.RFC3339), err)
-		}
+	f := eventstream.Follower{Engine: r.c, Timeout: r.cfg.EngineTimeout, Filters: eventFilters(), Now: r.now}
+	var evs []eventstream.Event
+	if _, err := f.Replay(ctx, since, until, func(e eventstream.Event) { evs = append(evs, e) }); err != nil {
+		return nil, fmt.Errorf("read engine events since %s: %w", since.Format(time.RFC3339), err)
 	}
+	return evs, nil
 }
 
 // loadState reads the state file; a corrupt one is reported and replaced.
@@ -307,15 +282,15 @@ func (r *Reclaimer) loadState() *State {
 }
 
 // pass gathers the facts, plans, and (unless refused or dry) removes.
-func (r *Reclaimer) pass(ctx context.Context, st *State, evs []events.Message) (*Result, error) {
+func (r *Reclaimer) pass(ctx context.Context, st *State, evs []eventstream.Event) (*Result, error) {
 	res := &Result{Started: r.now()}
 	root, images, containers, err := r.inventory(ctx)
 	if err != nil {
 		return nil, err
 	}
 	idx := NewIndex(images)
-	for _, m := range evs {
-		st.Observe(m, idx)
+	for _, e := range evs {
+		st.Observe(e, idx)
 	}
 	now := r.now()
 	st.Resync(now, images, containers)

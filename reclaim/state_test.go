@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/events"
+
+	"github.com/prune-guard/prune-guard/eventstream"
 )
 
 func TestAMissingStateFileIsAnEmptyState(t *testing.T) {
@@ -148,7 +150,7 @@ func TestObserve(t *testing.T) {
 		{ID: alpine, RepoTags: []string{"alpine:3.19"}, RepoDigests: []string{"alpine@sha256:0123456789012345678901234567890123456789012345678901234567890123"}},
 		{ID: app, RepoTags: []string{"registry.example:5000/team/app:1"}},
 	})
-	at := ago(3 * time.Hour)
+	at, received := ago(3*time.Hour), ago(time.Minute)
 	msg := func(typ events.Type, action events.Action, actorID string, attrs map[string]string) events.Message {
 		return events.Message{Type: typ, Action: action, Actor: events.Actor{ID: actorID, Attributes: attrs}, TimeNano: at.UnixNano()}
 	}
@@ -211,8 +213,9 @@ func TestObserve(t *testing.T) {
 			m:    msg(events.ContainerEventType, events.ActionExecStart, "c1", map[string]string{"image": "alpine:3.19"}),
 		},
 		{
-			name: "an event without a time is ignored",
-			m:    events.Message{Type: events.ContainerEventType, Action: events.ActionCreate, Actor: events.Actor{Attributes: map[string]string{"image": "alpine:3.19"}}},
+			name:   "an event without a time is a use when it was received",
+			m:      events.Message{Type: events.ContainerEventType, Action: events.ActionCreate, Actor: events.Actor{Attributes: map[string]string{"image": "alpine:3.19"}}},
+			wantID: alpine, wantFirst: received, wantLast: received,
 		},
 	}
 	for _, tc := range cases {
@@ -221,7 +224,7 @@ func TestObserve(t *testing.T) {
 			for id, r := range tc.state {
 				st.Images[id] = r
 			}
-			applied := st.Observe(tc.m, idx)
+			applied := st.Observe(eventstream.Received(tc.m, received), idx)
 			if tc.wantID == "" {
 				if applied || len(st.Images) != len(tc.state) {
 					t.Errorf("Observe applied the event: %+v", st.Images)

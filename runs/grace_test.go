@@ -9,6 +9,7 @@ import (
 
 	"github.com/moby/moby/api/types/events"
 
+	"github.com/prune-guard/prune-guard/eventstream"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -215,7 +216,7 @@ func TestReplayThatFillsTheEnginesBufferIsBlindSinceItsOldestEvent(t *testing.T)
 func TestReplayShorterThanTheEnginesBufferCoversTheWindow(t *testing.T) {
 	f := &fakeEngine{}
 	tr := newTracker(t, f)
-	f.publish(otherEvents(engineEventsKept-1, epoch.Add(-grace/2))...)
+	f.publish(otherEvents(eventstream.Kept-1, epoch.Add(-grace/2))...)
 	if st := tr.State(context.Background(), graceDetection(t, grace)); st.Err != nil || st.Blind != nil {
 		t.Fatalf("state = %+v, want no blind stretch", st)
 	}
@@ -387,4 +388,71 @@ func TestDecodeKeepsOnlyLabelsOfContainerEvents(t *testing.T) {
 			}
 		})
 	}
+}
+
+// undatedEvent is e without the time dockerd always sets.
+func undatedEvent(e events.Message) events.Message {
+	e.Time, e.TimeNano = 0, 0
+	return e
+}
+
+func TestUndatedEventOfAJobsEndEndsItWhenReceived(t *testing.T) {
+	tests := []struct {
+		name  string
+		watch bool
+	}{
+		{"while watching", true},
+		{"in a one-shot replay", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeEngine{containers: []map[string]any{jobContainer("c1", "job-7")}}
+			tr := newTracker(t, f)
+			d := graceDetection(t, grace)
+			if tt.watch {
+				watch(t, tr, d)
+				waitFor(t, "the watch to catch up", func() bool { return caughtUp(tr) })
+			}
+			f.clock.Add(10 * time.Second)
+			received := f.clock.Now()
+			f.setContainers()
+			f.publish(undatedEvent(containerEvent(events.ActionDie, "c1", "job-7", epoch)))
+			if tt.watch {
+				waitFor(t, "the undated die event", func() bool { return !goneAt(tr, "c1").IsZero() })
+				// Noticed later by a listing, it would end later.
+				f.clock.Add(5 * time.Second)
+			}
+			st := tr.State(context.Background(), d)
+			if st.Err != nil || len(st.Ended) != 1 || !st.Ended[0].Ended.Equal(received) || st.Ended[0].Job != "job-7" {
+				t.Fatalf("state = %+v, want job-7 ended when its undated die event was received (%v)", st, received)
+			}
+		})
+	}
+}
+
+func TestReplayThatFillsTheEnginesBufferWithUndatedEventsIsBlindSinceTheyWereReceived(t *testing.T) {
+	f := &fakeEngine{}
+	tr := newTracker(t, f)
+	evs := otherEvents(eventstream.Kept, epoch.Add(-grace/2))
+	for i := range evs {
+		evs[i] = undatedEvent(evs[i])
+	}
+	f.publish(evs...)
+	d := graceDetection(t, grace)
+
+	t.Run("watch", func(t *testing.T) {
+		tr := newTracker(t, f)
+		watch(t, tr, d)
+		waitFor(t, "the watch to catch up", func() bool { return caughtUp(tr) })
+		st := tr.State(context.Background(), d)
+		if st.Blind == nil || !st.Blind.Since.Equal(epoch) || !strings.Contains(st.Blind.Why, "256") {
+			t.Fatalf("blind = %+v, want since the replay was received %v", st.Blind, epoch)
+		}
+	})
+	t.Run("one-shot", func(t *testing.T) {
+		st := tr.State(context.Background(), d)
+		if st.Err != nil || st.Blind == nil || !st.Blind.Since.Equal(epoch) {
+			t.Fatalf("state = %+v, want blind since the replay was received %v", st, epoch)
+		}
+	})
 }

@@ -23,7 +23,7 @@ import (
 
 	"github.com/moby/moby/client"
 
-	"github.com/prune-guard/prune-guard/engine"
+	"github.com/prune-guard/prune-guard/eventstream"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -49,8 +49,7 @@ type Tracker struct {
 type Engine interface {
 	ContainerList(ctx context.Context, options client.ContainerListOptions) (client.ContainerListResult, error)
 	ServiceList(ctx context.Context, options client.ServiceListOptions) (client.ServiceListResult, error)
-	Events(ctx context.Context, options client.EventsListOptions) client.EventsResult
-	engine.Pinger
+	eventstream.Engine
 }
 
 // New returns a tracker that asks e. Each question is bounded by timeout.

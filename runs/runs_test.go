@@ -14,12 +14,13 @@ import (
 	"github.com/moby/moby/api/types/events"
 
 	"github.com/prune-guard/prune-guard/engine"
+	"github.com/prune-guard/prune-guard/eventstream"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
 // fakeEngine answers the few engine endpoints the tracker uses. Its event
 // log behaves like dockerd's: a subscription with since or until is first
-// sent those of the last engineEventsKept events in range, then (unless until
+// sent those of the last eventstream.Kept events in range, then (unless until
 // has passed) the live ones.
 type fakeEngine struct {
 	mu         sync.Mutex
@@ -104,10 +105,12 @@ func (f *fakeEngine) events(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	var replay []events.Message
 	if !since.IsZero() || !until.IsZero() {
-		kept := f.log[max(0, len(f.log)-engineEventsKept):]
+		kept := f.log[max(0, len(f.log)-eventstream.Kept):]
 		for _, m := range kept {
+			// An undated event (dockerd never sends one) has no
+			// time to leave it out by.
 			at := time.Unix(0, m.TimeNano)
-			if at.Before(since) || (!until.IsZero() && at.After(until)) {
+			if m.TimeNano != 0 && (at.Before(since) || (!until.IsZero() && at.After(until))) {
 				continue
 			}
 			replay = append(replay, m)

@@ -99,7 +99,7 @@ when usage is still at or above --high after all it may remove.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.dockerHost, "docker-host", defaultDockerHost(), "engine to reclaim disk on ($DOCKER_HOST when set); its data root must be visible at the same path here")
+	f.StringVar(&o.dockerHost, "docker-host", defaultDockerHost, "engine to reclaim disk on; its data root must be visible at the same path here")
 	f.Float64Var(&o.high, "high", 85, "act when the data root's filesystem is at least this many percent used")
 	f.Float64Var(&o.low, "low", 80, "once acting, remove images until usage is at most this many percent")
 	f.DurationVar(&o.minAge, "min-age", time.Hour, "never remove an image first seen or last used less than this long ago")
@@ -113,6 +113,7 @@ when usage is still at or above --high after all it may remove.`,
 	f.StringArrayVar(&o.protectImages, "protect-image", def.Protect.Images, "reference pattern (path.Match syntax, e.g. 'registry.example/base/*') of images never to remove (repeatable; replaces the policy's protect.images)")
 	f.StringArrayVar(&o.protectLabels, "protect-label", def.Protect.Labels, "image label KEY or KEY=VALUE that protects an image (repeatable; replaces the policy's protect.labels)")
 	f.DurationVar(&o.engineTimeout, "engine-timeout", time.Minute, "bound on each engine request")
+	bindEnv(cmd, append([]envVar{dockerHostEnv}, runEnv...)...)
 	return cmd
 }
 

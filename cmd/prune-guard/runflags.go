@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -14,7 +13,8 @@ import (
 
 // runFlags are the command-line settings of how CI jobs are recognised,
 // shared by serve and reclaim so that both see the same jobs. A flag given
-// (or its environment variable set) replaces the policy file's setting.
+// (or set through its environment variable, runEnv) replaces the policy
+// file's setting.
 type runFlags struct {
 	labels    []string
 	grace     time.Duration
@@ -22,44 +22,27 @@ type runFlags struct {
 	flags     *pflag.FlagSet
 }
 
-func (r *runFlags) register(f *pflag.FlagSet) {
-	r.flags = f
-	labels := []string{rules.DefaultRunLabel}
-	if v := os.Getenv("PRUNE_GUARD_RUN_LABELS"); v != "" {
-		labels = strings.Split(v, ",")
-	}
-	grace := rules.DefaultGrace
-	if v := os.Getenv("PRUNE_GUARD_RUN_GRACE"); v != "" {
-		if d, err := time.ParseDuration(v); err == nil {
-			grace = d
-		}
-	}
-	var detectors []string
-	if v := os.Getenv("PRUNE_GUARD_DETECTORS"); v != "" {
-		detectors = strings.Split(v, ",")
-	}
-	f.StringArrayVar(&r.labels, "run-label", labels, "label KEY or KEY=VALUE that marks a container or service as part of an active CI run, for the prune-guard detector (repeatable; replaces the policy's run.labels)")
-	f.DurationVar(&r.grace, "run-grace", grace, "how long image deletes and image prunes stay refused after a job's last container, service or process is gone, so a teardown cannot take its images (0: off; replaces the policy's run.grace)")
-	f.StringArrayVar(&r.detectors, "detector", detectors, "switch a built-in job detector: NAME=on, NAME=off, or NAME=PATTERN for opt-in ones such as compose=ci-* (repeatable; 'prune-guard policy default' lists them)")
+// runEnv are the run flags' environment variables, for bindEnv.
+var runEnv = []envVar{
+	{name: "PRUNE_GUARD_RUN_LABELS", flag: "run-label", list: true},
+	{name: "PRUNE_GUARD_RUN_GRACE", flag: "run-grace"},
+	{name: "PRUNE_GUARD_DETECTORS", flag: "detector", list: true},
 }
 
-// set reports whether the flag was given or its environment variable set.
-func (r *runFlags) set(name, env string) bool {
-	return r.flags.Changed(name) || os.Getenv(env) != ""
+func (r *runFlags) register(f *pflag.FlagSet) {
+	r.flags = f
+	f.StringArrayVar(&r.labels, "run-label", []string{rules.DefaultRunLabel}, "label KEY or KEY=VALUE that marks a container or service as part of an active CI run, for the prune-guard detector (repeatable; replaces the policy's run.labels)")
+	f.DurationVar(&r.grace, "run-grace", rules.DefaultGrace, "how long image deletes and image prunes stay refused after a job's last container, service or process is gone, so a teardown cannot take its images (0: off; replaces the policy's run.grace)")
+	f.StringArrayVar(&r.detectors, "detector", nil, "switch a built-in job detector: NAME=on, NAME=off, or NAME=PATTERN for opt-in ones such as compose=ci-* (repeatable; 'prune-guard policy default' lists them)")
 }
 
 // validate checks the flags on their own, before any policy is read, so a
 // mistyped flag is reported as the flag's error.
 func (r *runFlags) validate() error {
-	if v := os.Getenv("PRUNE_GUARD_RUN_GRACE"); v != "" && !r.flags.Changed("run-grace") {
-		if _, err := time.ParseDuration(v); err != nil {
-			return fmt.Errorf("PRUNE_GUARD_RUN_GRACE=%q is not a duration (e.g. 2m)", v)
-		}
-	}
 	if r.grace < 0 {
 		return fmt.Errorf("--run-grace %v: want 0 (off) or a positive duration", r.grace)
 	}
-	if r.set("run-label", "PRUNE_GUARD_RUN_LABELS") {
+	if r.flags.Changed("run-label") {
 		if err := rules.ValidateRunLabels(r.labels); err != nil {
 			return fmt.Errorf("--run-label: %w", err)
 		}
@@ -80,10 +63,10 @@ func (r *runFlags) validate() error {
 // settings.
 func (r *runFlags) apply(cfg *policy.Config) (*policy.Config, error) {
 	s := cfg.Run
-	if r.set("run-label", "PRUNE_GUARD_RUN_LABELS") {
+	if r.flags.Changed("run-label") {
 		s.Labels = r.labels
 	}
-	if r.set("run-grace", "PRUNE_GUARD_RUN_GRACE") {
+	if r.flags.Changed("run-grace") {
 		s.Grace = r.grace
 	}
 	if len(r.detectors) > 0 {

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -58,12 +57,7 @@ Under systemd socket activation the socket systemd passes is used instead.
 With no --policy the built-in default policy applies (docs/policy.md). A policy
 file is reloaded on SIGHUP and whenever its content changes; a file that does
 not load is rejected with an error in the log and the audit log, and the policy
-in force stays.
-
-Every flag can also be set through the environment (PRUNE_GUARD_SOCKET,
-PRUNE_GUARD_SOCKET_GROUP, PRUNE_GUARD_AUDIT_LOG, PRUNE_GUARD_AUDIT_GROUP,
-PRUNE_GUARD_POLICY, PRUNE_GUARD_POLICY_OPTIONAL=1, PRUNE_GUARD_RUN_LABELS as a
-comma-separated list, DOCKER_HOST); flags win.`,
+in force stays.`,
 		Example: `  prune-guard serve
   prune-guard serve --policy /etc/prune-guard/policy.yaml --policy-optional
   prune-guard serve --audit-log /var/log/prune-guard/audit.jsonl --audit-group adm --run-label ci.run-id`,
@@ -72,21 +66,30 @@ comma-separated list, DOCKER_HOST); flags win.`,
 			return runServe(cmd.Context(), o)
 		},
 	}
-	optional, _ := strconv.ParseBool(os.Getenv("PRUNE_GUARD_POLICY_OPTIONAL"))
 	f := cmd.Flags()
-	f.StringVar(&o.socket, "socket", defaultSocket(), "unix socket to listen on, unless systemd passes one (socket activation); dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
-	f.StringVar(&o.socketGroup, "socket-group", envOr("PRUNE_GUARD_SOCKET_GROUP", ""), "group that may connect to the socket (mode 0660); default: the owner's group (root)")
-	f.StringVar(&o.dockerHost, "docker-host", defaultDockerHost(), "engine to ask which CI runs are active and what names refer to ($DOCKER_HOST when set)")
-	f.StringVar(&o.auditLog, "audit-log", envOr("PRUNE_GUARD_AUDIT_LOG", "-"), "JSON-lines audit file, appended to and created 0600; - for standard output")
-	f.StringVar(&o.auditGroup, "audit-group", envOr("PRUNE_GUARD_AUDIT_GROUP", ""), "group that may read the audit file (mode 0640 instead of 0600)")
-	f.StringVar(&o.policyFile, "policy", envOr("PRUNE_GUARD_POLICY", ""), "policy file (YAML or JSON; see 'prune-guard policy default'); default: the built-in policy")
-	f.BoolVar(&o.policyOptional, "policy-optional", optional, "a missing --policy file means the built-in policy until the file appears")
+	f.StringVar(&o.socket, "socket", pluginSocket, "unix socket to listen on, unless systemd passes one (socket activation); dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
+	f.StringVar(&o.socketGroup, "socket-group", "", "group that may connect to the socket (mode 0660); default: the owner's group (root)")
+	f.StringVar(&o.dockerHost, "docker-host", defaultDockerHost, "engine to ask which CI runs are active and what names refer to")
+	f.StringVar(&o.auditLog, "audit-log", "-", "JSON-lines audit file, appended to and created 0600; - for standard output")
+	f.StringVar(&o.auditGroup, "audit-group", "", "group that may read the audit file (mode 0640 instead of 0600)")
+	f.StringVar(&o.policyFile, "policy", "", "policy file (YAML or JSON; see 'prune-guard policy default'); default: the built-in policy")
+	f.BoolVar(&o.policyOptional, "policy-optional", false, "a missing --policy file means the built-in policy until the file appears")
 	o.run.register(f)
 	f.DurationVar(&o.engineTimeout, "engine-timeout", 3*time.Second, "how long a decision may wait for the engine; past it the state is unknown and destructive requests are refused")
 	f.DurationVar(&o.watchInterval, "policy-poll", 2*time.Second, "how often to check the policy file for changes")
-	f.StringVar(&o.metricsAddr, "metrics-addr", envOr("PRUNE_GUARD_METRICS_ADDR", ""), "serve Prometheus metrics at /metrics on a loopback address (127.0.0.1:9323) or a unix socket (unix:/run/prune-guard/metrics.sock); off by default")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on a loopback address (127.0.0.1:9323) or a unix socket (unix:/run/prune-guard/metrics.sock); off by default")
 	f.BoolVar(&o.connPerCall, "conn-per-call", false, "answer every call with Connection: close, so a docker call racing a prune-guard restart never fails (costs about 20% of dockerd's API throughput)")
 	f.StringVar(&o.logLevel, "log-level", "info", "operational log level on stderr: debug, info, warn, error")
+	bindEnv(cmd, append([]envVar{
+		socketEnv,
+		{name: "PRUNE_GUARD_SOCKET_GROUP", flag: "socket-group"},
+		dockerHostEnv,
+		{name: "PRUNE_GUARD_AUDIT_LOG", flag: "audit-log"},
+		{name: "PRUNE_GUARD_AUDIT_GROUP", flag: "audit-group"},
+		{name: "PRUNE_GUARD_POLICY", flag: "policy"},
+		{name: "PRUNE_GUARD_POLICY_OPTIONAL", flag: "policy-optional"},
+		{name: "PRUNE_GUARD_METRICS_ADDR", flag: "metrics-addr"},
+	}, runEnv...)...)
 	return cmd
 }
 
@@ -213,6 +216,13 @@ func (o serveOptions) listen() (l net.Listener, where string, err error) {
 // and the policy in force stays.
 func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *guard.Guard, al *audit.Log, log *logrus.Logger) {
 	if o.policyFile == "" {
+		// Nothing to reload, but a SIGHUP (systemctl reload) must not end
+		// the process either.
+		go func() {
+			for range reloadOnSIGHUP(ctx) {
+				log.Info("SIGHUP: no --policy file to reload; the built-in policy stays")
+			}
+		}()
 		return
 	}
 	apply := func(next *policy.Config, err error) {
@@ -230,9 +240,18 @@ func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *guard.Gu
 		log.WithFields(logrus.Fields{"source": next.Source, "policy": next.ShortHash()}).Info("policy loaded")
 		al.Event("policy loaded", map[string]any{"source": next.Source, "policy": next.Hash})
 	}
-	go policy.Watch(ctx, o.policyFile, o.policyOptional, o.watchInterval, last, apply)
+	go policy.Watch(ctx, o.policyFile, o.policyOptional, o.watchInterval, last, reloadOnSIGHUP(ctx), apply)
+}
+
+// reloadOnSIGHUP returns a channel that asks for a reload on every SIGHUP
+// until ctx ends. It only asks: reading and applying the file stay on
+// policy.Watch's one goroutine, so a reload and a poll never race. The
+// handler is installed before it returns, so a SIGHUP sent once serve is
+// up reloads instead of ending the process.
+func reloadOnSIGHUP(ctx context.Context) <-chan struct{} {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{})
 	go func() {
 		defer signal.Stop(hup)
 		for {
@@ -240,11 +259,17 @@ func (o serveOptions) followPolicy(ctx context.Context, last []byte, g *guard.Gu
 			case <-ctx.Done():
 				return
 			case <-hup:
-				next, _, err := policy.LoadOptional(o.policyFile, o.policyOptional)
-				apply(next, err)
+			}
+			// Signals that arrive while this waits are coalesced in hup's
+			// buffer: the reload taken after them reads the file anew.
+			select {
+			case <-ctx.Done():
+				return
+			case reload <- struct{}{}:
 			}
 		}
 	}()
+	return reload
 }
 
 // logStart says what is being served, and whether host-process detectors can

@@ -41,8 +41,9 @@ running plugin's socket (--socket). Exits 1 when the plugin does not answer.`,
 			return runStatus(ctx, cmd.OutOrStdout(), socket, dockerHost)
 		},
 	}
-	cmd.Flags().StringVar(&socket, "socket", defaultSocket(), "the running plugin's socket")
-	cmd.Flags().StringVar(&dockerHost, "docker-host", defaultDockerHost(), "engine to ask for active runs")
+	cmd.Flags().StringVar(&socket, "socket", pluginSocket, "the running plugin's socket")
+	cmd.Flags().StringVar(&dockerHost, "docker-host", defaultDockerHost, "engine to ask for active runs")
+	bindEnv(cmd, socketEnv, dockerHostEnv)
 	return cmd
 }
 
