@@ -48,6 +48,9 @@ type Request struct {
 	Headers map[string]string
 	// Body says what the transport knows of the request body.
 	Body rules.BodyView
+	// GRPC is set for a gRPC call (proxy mode); URI is then its method's
+	// path.
+	GRPC *rules.GRPCCall
 }
 
 // Verdict is a decision as a transport answers it.
@@ -61,6 +64,25 @@ type Verdict struct {
 // allowed is the verdict of every request that passes.
 var allowed = Verdict{Allow: true}
 
+// Mode is how prune-guard sits in the engine's request path.
+type Mode string
+
+const (
+	// ModeAuthz is an authorization plugin dockerd calls (serve).
+	ModeAuthz Mode = "authz"
+	// ModeProxy is a proxy that owns the socket clients use (proxy).
+	ModeProxy Mode = "proxy"
+)
+
+// Transport says how the guard is reached, for status.
+type Transport struct {
+	Mode Mode `json:"mode"`
+	// Listen is the socket clients use (proxy mode).
+	Listen string `json:"listen,omitempty"`
+	// Engine is the engine the guard asks, and in proxy mode forwards to.
+	Engine string `json:"engine"`
+}
+
 // Guard decides requests. It is safe for concurrent use.
 type Guard struct {
 	classifier *rules.Classifier
@@ -70,6 +92,8 @@ type Guard struct {
 	audit      *audit.Log
 	log        logrus.FieldLogger
 	stats      *Stats
+	transport  atomic.Pointer[Transport]
+	warnings   atomic.Pointer[[]string]
 }
 
 // New returns a guard enforcing cfg. Records go to al; operational
@@ -83,6 +107,21 @@ func New(cfg *policy.Config, runs RunSource, names NameSource, al *audit.Log, lo
 // SetConfig replaces the policy atomically: a decision in flight finishes
 // under the policy it started with, and no decision sees a mix of two.
 func (g *Guard) SetConfig(cfg *policy.Config) { g.config.Store(cfg) }
+
+// SetTransport records how the guard is reached, for status.
+func (g *Guard) SetTransport(t Transport) { g.transport.Store(&t) }
+
+// Transport returns how the guard is reached.
+func (g *Guard) Transport() Transport {
+	if t := g.transport.Load(); t != nil {
+		return *t
+	}
+	return Transport{}
+}
+
+// SetWarnings records what an operator must know about the engine or how
+// it is exposed, for status.
+func (g *Guard) SetWarnings(w []string) { g.warnings.Store(&w) }
 
 // Config returns the policy in force.
 func (g *Guard) Config() *policy.Config { return g.config.Load() }
@@ -110,7 +149,7 @@ func (g *Guard) Decide(ctx context.Context, req Request) (v Verdict) {
 	}()
 
 	cfg := g.config.Load()
-	c := g.classifier.Classify(rules.Request{Method: req.Method, URI: req.URI, Headers: req.Headers, Body: req.Body})
+	c := g.classifier.Classify(rules.Request{Method: req.Method, URI: req.URI, Headers: req.Headers, Body: req.Body, GRPC: req.GRPC})
 	if c.Op == rules.OpOther {
 		g.stats.allowRead()
 		if cfg.Audit == policy.AuditAll {

@@ -16,6 +16,8 @@ import (
 // Status is what GET /status answers: the policy in
 // force and the counters since start. "prune-guard status" reads it.
 type Status struct {
+	Transport          Transport    `json:"transport"`
+	Warnings           []string     `json:"warnings,omitempty"`
 	Policy             PolicyStatus `json:"policy"`
 	Runs               RunsStatus   `json:"runs"`
 	Stats              Snapshot     `json:"stats"`
@@ -108,7 +110,11 @@ func HostProcesses(visible bool, why string) string {
 
 // counters is Status without the run state, which costs an engine query.
 func (g *Guard) counters() Status {
-	return Status{Policy: describePolicy(g.Config()), Stats: g.stats.Snapshot(), AuditWriteFailures: g.audit.Failures()}
+	s := Status{Transport: g.Transport(), Policy: describePolicy(g.Config()), Stats: g.stats.Snapshot(), AuditWriteFailures: g.audit.Failures()}
+	if w := g.warnings.Load(); w != nil {
+		s.Warnings = *w
+	}
+	return s
 }
 
 // WriteMetrics writes the guard's counters in the Prometheus text

@@ -18,6 +18,9 @@ import (
 	"time"
 )
 
+// ErrServed is the error of a socket another process still answers on.
+var ErrServed = errors.New("socket is already served by another process")
+
 // Unix listens on a unix socket at path with mode 0660, owned by group gid
 // when gid >= 0. A stale socket file (one nothing answers on) is replaced;
 // a socket that still answers, and any path that is not a socket, are
@@ -67,7 +70,7 @@ func removeStale(path string) error {
 	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
-		return fmt.Errorf("socket %s is already served by another process; stop it first", path)
+		return fmt.Errorf("%s: %w; stop it first", path, ErrServed)
 	}
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("remove stale socket %s: %w", path, err)

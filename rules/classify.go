@@ -29,6 +29,8 @@ type Request struct {
 	// Body says what the caller knows of the request body, which decides
 	// whether the daemon could read form values the caller did not see.
 	Body BodyView
+	// GRPC is set for a gRPC call; URI is then its method's path.
+	GRPC *GRPCCall
 }
 
 // ReadHeaders returns the names of the request headers Classify reads; a

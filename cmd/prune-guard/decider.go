@@ -6,6 +6,7 @@ import (
 	"github.com/docker/go-plugins-helpers/authorization"
 	"github.com/prune-guard/prune-guard/authz"
 	"github.com/prune-guard/prune-guard/guard"
+	"github.com/prune-guard/prune-guard/proxy"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -21,4 +22,17 @@ func (d authzDecider) Decide(ctx context.Context, r authz.Request) authorization
 	}
 	v := d.g.Decide(ctx, guard.Request{Method: r.Method, URI: r.URI, User: r.User, Headers: r.Headers, Body: body})
 	return authorization.Response{Allow: v.Allow, Msg: v.Message}
+}
+
+// proxyDecider answers the proxy's questions with the guard's decisions: the
+// one place the proxy's view of a request becomes the guard's.
+type proxyDecider struct{ g *guard.Guard }
+
+func (d proxyDecider) Decide(ctx context.Context, r proxy.Request) proxy.Verdict {
+	req := guard.Request{Method: r.Method, URI: r.URI, Headers: r.Headers, Body: rules.BodyProxied}
+	if r.GRPC != nil {
+		req.GRPC = &rules.GRPCCall{Message: r.GRPC.Message, Unread: r.GRPC.Unread}
+	}
+	v := d.g.Decide(ctx, req)
+	return proxy.Verdict{Allow: v.Allow, Message: v.Message}
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/moby/moby/client"
 	"github.com/sirupsen/logrus"
 
-	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/guard"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -18,27 +18,51 @@ type engineVersion struct {
 }
 
 // engineWarnings returns what an operator must know about an engine that
-// prune-guard cannot fully guard. It is pure: the facts come from
-// docs/threat-model.md and moby's source.
-func engineWarnings(v engineVersion) []string {
+// prune-guard, in the given mode, cannot fully guard or would break. It is
+// pure: the facts come from docs/threat-model.md and moby's source.
+func engineWarnings(v engineVersion, mode guard.Mode) []string {
 	var w []string
 	// Docker 29.2.0 (maximum API 1.53) and later hand HTTP/2 requests with
 	// Content-Type application/grpc to the daemon's gRPC server before the
 	// router and every authorization plugin (moby
-	// daemon/command/httphandler.go, commit d210449d85).
-	if rules.CompareVersions(v.APIVersion, "1.53") >= 0 {
+	// daemon/command/httphandler.go, commit d210449d85). The proxy sees
+	// them: it owns the socket.
+	if mode == guard.ModeAuthz && rules.CompareVersions(v.APIVersion, "1.53") >= 0 {
 		w = append(w, fmt.Sprintf("engine %s (API %s) answers gRPC on its API socket itself: BuildKit's control API, "+
-			"build-cache prune included, reaches it without passing prune-guard or any authorization plugin "+
-			"(see docs/threat-model.md, \"Native gRPC on Docker 29.2 and later\")", v.Version, v.APIVersion))
+			"build-cache prune included, reaches it without passing prune-guard or any authorization plugin; "+
+			"'prune-guard proxy' guards it (docs/threat-model.md, \"Native gRPC on Docker 29.2 and later\")", v.Version, v.APIVersion))
 	}
-	// dockerd calls authorization plugins before it checks the request's
-	// API version: on 29.0 to 29.2.1 (minimum API 1.44) a /v1.41/ request
-	// is decided, and audited, and then refused by the daemon.
+	// Docker 29.5.0 and later ask for full duplex on the build route
+	// (commit 70ac493e97), which the authorization middleware's response
+	// writer cannot give: with any plugin registered, a BuildKit build
+	// whose context is the request body fails.
+	if mode == guard.ModeAuthz && fullDuplexBuilds(v) {
+		w = append(w, fmt.Sprintf("engine %s breaks BuildKit builds whose context is the request body under any "+
+			"authorization plugin (\"failed to read downloaded context\"): testcontainers-node withBuildkit(), dockerode "+
+			"with version \"2\", bollard's BuildKit mode and Go SDK users who choose BuildKit fail; the docker CLI, "+
+			"buildx and compose do not; 'prune-guard proxy' breaks none of them (docs/threat-model.md)", v.Version))
+	}
+	// dockerd checks the request's API version after its authorization
+	// plugins, and the proxy decides before dockerd sees a request at all:
+	// on 29.0 to 29.2.1 (minimum API 1.44) a /v1.41/ request is decided,
+	// and audited, and then refused by the daemon.
 	if v.MinAPIVersion != "" && rules.CompareVersions(v.MinAPIVersion, "1.41") > 0 {
 		w = append(w, fmt.Sprintf("engine %s refuses API versions below %s after prune-guard has decided on them: "+
 			"audit lines for such requests record decisions the engine never carried out", v.Version, v.MinAPIVersion))
 	}
 	return w
+}
+
+// fullDuplexBuilds reports whether the engine's build route asks for full
+// duplex: Docker 29.5.0 and later. A release version says so directly;
+// builds of moby's module (2.0.0-beta.N) are judged by their API version,
+// 1.54 being 29.5.0's.
+func fullDuplexBuilds(v engineVersion) bool {
+	var major, minor int
+	if n, _ := fmt.Sscanf(v.Version, "%d.%d", &major, &minor); n == 2 && major >= 17 {
+		return major > 29 || major == 29 && minor >= 5
+	}
+	return rules.CompareVersions(v.APIVersion, "1.54") >= 0
 }
 
 // versionAsker is what the engine check asks; *engine.Client is the real
@@ -65,20 +89,27 @@ const (
 	engineCheckEvery = 5 * time.Second
 )
 
-// warnAboutEngine asks the engine its version once it answers (it starts
-// after prune-guard) and logs and audits each warning. It gives up quietly
-// after engineCheckTries: the engine is not prune-guard's to wait for.
-func warnAboutEngine(ctx context.Context, c versionAsker, timeout time.Duration, log *logrus.Logger, al *audit.Log) {
+// warnAboutEngine asks the engine its version once it answers (in authz
+// mode it starts after prune-guard) and logs, audits and keeps for status
+// each warning, with those about how the engine is exposed in proxy mode.
+// It gives up quietly after engineCheckTries: the engine is not
+// prune-guard's to wait for.
+func (d *decider) warnAboutEngine(ctx context.Context, timeout time.Duration) {
 	for range engineCheckTries {
-		v, err := askEngineVersion(ctx, c, timeout)
+		v, err := askEngineVersion(ctx, d.ec, timeout)
 		if err == nil {
-			for _, w := range engineWarnings(v) {
-				log.WithFields(logrus.Fields{"engine": v.Version, "api": v.APIVersion}).Warn(w)
-				al.Event("engine warning", map[string]any{"engine": v.Version, "api": v.APIVersion, "warning": w})
+			warnings := engineWarnings(v, d.g.Transport().Mode)
+			if d.g.Transport().Mode == guard.ModeProxy {
+				warnings = append(warnings, exposureWarnings(ctx, d.g.Transport().Engine)...)
 			}
+			for _, w := range warnings {
+				d.log.WithFields(logrus.Fields{"engine": v.Version, "api": v.APIVersion}).Warn(w)
+				d.al.Event("engine warning", map[string]any{"engine": v.Version, "api": v.APIVersion, "warning": w})
+			}
+			d.g.SetWarnings(warnings)
 			return
 		}
-		log.WithError(err).Debug("engine not answering yet; will ask its version again")
+		d.log.WithError(err).Debug("engine not answering yet; will ask its version again")
 		select {
 		case <-ctx.Done():
 			return

@@ -1,9 +1,10 @@
-// Command prune-guard is a Docker Engine authorization plugin that keeps a
+// Command prune-guard is a guard in front of the Docker Engine that keeps a
 // CI host's image cache alive: it refuses prunes that evict tagged images,
 // and prunes and image deletes that could touch an active CI job.
 //
-// Run it with "prune-guard serve" and start dockerd with
-// --authorization-plugin=prune-guard. "prune-guard --help" lists the rest.
+// Run it with "prune-guard proxy" in front of dockerd's own socket, or with
+// "prune-guard serve" as dockerd's authorization plugin. "prune-guard
+// --help" lists the rest.
 package main
 
 import (
@@ -23,9 +24,16 @@ func main() {
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "prune-guard",
-		Short: "Docker authorization plugin that keeps a CI host's image cache from being pruned",
-		Long: `prune-guard sits in dockerd's request path (dockerd --authorization-plugin=prune-guard)
-and refuses the requests that destroy a CI host's warm image cache:
+		Short: "A guard in front of the Docker Engine that keeps a CI host's image cache from being pruned",
+		Long: `prune-guard sits in dockerd's request path and refuses the requests that destroy a CI
+host's warm image cache. It gets there one of two ways:
+
+  prune-guard proxy   owns the socket clients use and forwards to dockerd's own socket;
+                      it sees everything, BuildKit's gRPC included (docker builder prune)
+  prune-guard serve   an authorization plugin (dockerd --authorization-plugin=prune-guard);
+                      no socket moves, but BuildKit's gRPC passes it unseen
+
+It refuses:
 
   - image prunes that remove tagged images (docker image prune -a, docker system prune -a)
     unless a label filter scopes them;
@@ -40,7 +48,7 @@ denial is written to a JSON-lines audit log.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newPolicyCmd(), newCheckCmd(), newExplainCmd(), newStatusCmd())
+	root.AddCommand(newServeCmd(), newProxyCmd(), newPolicyCmd(), newCheckCmd(), newExplainCmd(), newStatusCmd())
 	root.AddCommand(newReclaimCmd())
 	root.AddCommand(newAuditCmd())
 	return root

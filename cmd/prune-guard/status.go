@@ -30,8 +30,10 @@ func newStatusCmd() *cobra.Command {
 engine (and which label makes each count), the policy the running plugin enforces
 with its hash, and the plugin's decision counters since it started.
 
-The runs come from the engine (--docker-host); the policy and counters from the
-running plugin's socket (--socket). Exits 1 when the plugin does not answer.`,
+The runs come from the engine (--docker-host); the policy, the counters and the
+mode in force (authz or proxy) from the running prune-guard: the plugin's socket
+in authz mode, the control socket in proxy mode. With no --socket, both default
+sockets are tried. Exits 1 when prune-guard does not answer.`,
 		Example: `  prune-guard status
   prune-guard status --socket /run/docker/plugins/prune-guard.sock --docker-host unix:///var/run/docker.sock`,
 		Args: cobra.NoArgs,
@@ -41,7 +43,7 @@ running plugin's socket (--socket). Exits 1 when the plugin does not answer.`,
 			return runStatus(ctx, cmd.OutOrStdout(), socket, dockerHost)
 		},
 	}
-	cmd.Flags().StringVar(&socket, "socket", pluginSocket, "the running plugin's socket")
+	cmd.Flags().StringVar(&socket, "socket", "", "the running prune-guard's socket: the plugin's (serve) or the control socket (proxy); default: "+pluginSocket+", then "+controlSocket)
 	cmd.Flags().StringVar(&dockerHost, "docker-host", defaultDockerHost, "engine to ask for active runs")
 	bindEnv(cmd, socketEnv, dockerHostEnv)
 	return cmd
@@ -71,24 +73,46 @@ func fetchStatus(ctx context.Context, socket string) (guard.Status, error) {
 	return s, nil
 }
 
+// fetchAnyStatus asks the socket given, or else the plugin's socket and then
+// the proxy's control socket.
+func fetchAnyStatus(ctx context.Context, socket string) (guard.Status, error) {
+	if socket != "" {
+		return fetchStatus(ctx, socket)
+	}
+	st, err := fetchStatus(ctx, pluginSocket)
+	if err == nil {
+		return st, nil
+	}
+	if st, err2 := fetchStatus(ctx, controlSocket); err2 == nil {
+		return st, nil
+	}
+	return st, fmt.Errorf("%w (nor on the proxy's control socket %s)", err, controlSocket)
+}
+
 func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) error {
 	c, err := engine.Open(dockerHost)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	st, statusErr := fetchStatus(ctx, socket)
+	st, statusErr := fetchAnyStatus(ctx, socket)
 	if statusErr != nil {
-		// Without the plugin, ask the engine with the built-in detectors;
-		// the teardown grace is known only to a running plugin.
+		// Without prune-guard, ask the engine with the built-in detectors;
+		// the teardown grace is known only to a running prune-guard.
 		st.Runs = ownRuns(ctx, c)
+	} else {
+		writeTransport(w, st.Transport)
 	}
 	writeRuns(w, st, statusErr == nil, dockerHost)
 
-	if v, err := askEngineVersion(ctx, c, statusEngineTimeout); err == nil {
-		for _, warning := range engineWarnings(v) {
-			fmt.Fprintf(w, "WARNING: %s\n", warning)
+	warnings := st.Warnings
+	if statusErr != nil {
+		if v, err := askEngineVersion(ctx, c, statusEngineTimeout); err == nil {
+			warnings = engineWarnings(v, guard.ModeAuthz)
 		}
+	}
+	for _, warning := range warnings {
+		fmt.Fprintf(w, "WARNING: %s\n", warning)
 	}
 	fmt.Fprintln(w)
 	if statusErr != nil {
@@ -172,5 +196,15 @@ func writeRuns(w io.Writer, st guard.Status, fromPlugin bool, dockerHost string)
 		fmt.Fprintln(w, "  prunes that could touch these jobs and every image delete are denied until they end")
 	} else {
 		fmt.Fprintln(w, "  image deletes and image prunes are denied until the grace is over")
+	}
+}
+
+// writeTransport says which mode is in force, and where.
+func writeTransport(w io.Writer, t guard.Transport) {
+	switch t.Mode {
+	case guard.ModeProxy:
+		fmt.Fprintf(w, "Mode: proxy (clients use %s; the engine's own socket is %s)\n", t.Listen, redact.String(t.Engine))
+	case guard.ModeAuthz:
+		fmt.Fprintf(w, "Mode: authz (dockerd's authorization plugin; engine %s)\n", redact.String(t.Engine))
 	}
 }
