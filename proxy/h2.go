@@ -183,11 +183,16 @@ func readFirstMessage(r *http.Request) (msg []byte, unread string) {
 	if size > maxGRPCMessage {
 		return nil, fmt.Sprintf("its first message is %d bytes, more than the %d the engine accepts", size, maxGRPCMessage)
 	}
-	body := make([]byte, size)
-	m, err := io.ReadFull(r.Body, body)
-	read = append(read, body[:m]...)
-	if err != nil {
+	// Grown as the message arrives, not allocated at its declared size.
+	var buf bytes.Buffer
+	m, err := io.CopyN(&buf, r.Body, int64(size))
+	body := buf.Bytes()
+	read = append(read, body...)
+	if err != nil || m < int64(size) {
 		return nil, "the call ended inside its first message"
+	}
+	if body == nil {
+		body = []byte{}
 	}
 	switch prefix[0] {
 	case 0:

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 )
 
@@ -175,7 +176,14 @@ func (h *requestHead) requestLine(line []byte) error {
 	if !isToken(method) {
 		return badHead("invalid method %q", clip(method))
 	}
+	if string(method) == "CONNECT" {
+		return badHead("CONNECT is not a Docker API method")
+	}
 	if len(target) == 0 || !validTarget(target) {
+		return badHead("invalid request target %q", clip(target))
+	}
+	// net/http parses the target so, and refuses what does not parse.
+	if _, err := url.ParseRequestURI(string(target)); err != nil {
 		return badHead("invalid request target %q", clip(target))
 	}
 	switch string(version) {
