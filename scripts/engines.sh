@@ -25,6 +25,15 @@
 # $PG_CACHE/compose/VERSION/docker-compose and linked as
 # $PG_CACHE/engines/NAME/cli-plugins/docker-compose.
 #
+# Docker buildx (forky's docker-buildx, a CLI plugin too) is provisioned
+# with every engine at $PG_CACHE/buildx/VERSION/docker-buildx and linked as
+# $PG_CACHE/engines/NAME/opt-in-plugins/docker-buildx, not in cli-plugins/:
+# a CLI from 23.0 on that has buildx (and BuildKit not disabled) turns
+# "docker builder prune" into "docker buildx prune", which sends BuildKit's
+# gRPC inside POST /grpc instead of REST POST /build/prune, and the
+# end-to-end tests of build-cache prunes need the REST request. A test opts
+# in (enginetest.Options.Buildx).
+#
 # Trixie and forky packages come through a private apt configuration (own
 # sources list, lists and cache under $PG_CACHE/apt) and are unpacked with
 # dpkg -x; nothing is installed. The archive address is the one the system's
@@ -48,6 +57,7 @@ TRIXIE_CONTAINERD=1.7.24
 FORKY_DOCKER=28.5.2
 FORKY_CONTAINERD=2.1.9
 FORKY_COMPOSE=2.40.3
+FORKY_BUILDX=0.29.1
 MOBY_V2=v2.0.0-beta.24
 RUNC=v1.3.3
 
@@ -225,19 +235,35 @@ compose() {
 	echo "$d/docker-compose"
 }
 
+# buildx prints the path of forky's buildx CLI plugin, fetching it first if
+# the cache has none of $FORKY_BUILDX. Forky's, as compose's: the suite
+# that ships the CLI 28.5.2 most engines are driven with.
+buildx() {
+	local d=$PG_CACHE/buildx/$FORKY_BUILDX src
+	if [[ ! -e $d/.done ]]; then
+		src=$(deb forky docker-buildx "$FORKY_BUILDX")
+		mkdir -p "$d"
+		ln -sfn "$src/usr/libexec/docker/cli-plugins/docker-buildx" "$d/docker-buildx"
+		touch "$d/.done"
+	fi
+	echo "$d/docker-buildx"
+}
+
 # link_engine NAME DAEMON_JSON NAME=PATH... makes the engine's folder anew:
-# bin/ with one link per binary, daemon.json, cli-plugins/ and versions.
+# bin/ with one link per binary, daemon.json, cli-plugins/ (what every
+# test's CLI has), opt-in-plugins/ (what a test asks for) and versions.
 link_engine() {
 	local name=$1 daemon_json=$2 d tmp kv
 	shift 2
 	d=$PG_CACHE/engines/$name
 	tmp=$(mktemp -d "$PG_CACHE/tmp.XXXXXX")
-	mkdir -p "$tmp/bin" "$tmp/cli-plugins"
+	mkdir -p "$tmp/bin" "$tmp/cli-plugins" "$tmp/opt-in-plugins"
 	for kv in "$@"; do
 		[[ -x ${kv#*=} ]] || die "$name: ${kv#*=} is missing"
 		ln -s "${kv#*=}" "$tmp/bin/${kv%%=*}"
 	done
 	ln -s "$(compose)" "$tmp/cli-plugins/docker-compose"
+	ln -s "$(buildx)" "$tmp/opt-in-plugins/docker-buildx"
 	printf '%s\n' "$daemon_json" >"$tmp/daemon.json"
 	{
 		echo "engine $name"
@@ -246,6 +272,7 @@ link_engine() {
 		"$tmp/bin/runc" --version | head -1
 		"$tmp/bin/docker" --version
 		"$tmp/cli-plugins/docker-compose" version
+		"$tmp/opt-in-plugins/docker-buildx" version
 	} >"$tmp/versions" 2>&1 || die "$name: a binary does not run: $(cat "$tmp/versions")"
 	rm -rf "$d"
 	mkdir -p "$(dirname "$d")"

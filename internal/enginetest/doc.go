@@ -19,9 +19,12 @@
 // first on dockerd's PATH (dockerd, containerd, its shim, runc), its docker
 // CLI drives it, its daemon.json (the image store) starts every engine's
 // own, and its compose v2 plugin is linked into the CLI's private config
-// directory (Engine.Compose; PG_COMPOSE overrides). Without PG_ENGINE the
-// binaries on PATH are used. Engine.Identity says what the engine is
-// (/version, /info), for expectations that depend on it.
+// directory (Engine.Compose; PG_COMPOSE overrides). Its buildx plugin is
+// linked there only for a test that asks (Options.Buildx; PG_BUILDX
+// overrides): a CLI from 23.0 on with buildx sends "docker builder prune"
+// as BuildKit gRPC in POST /grpc, not as POST /build/prune. Without
+// PG_ENGINE the binaries on PATH are used. Engine.Identity says what the
+// engine is (/version, /info), for expectations that depend on it.
 //
 // Engines need Linux, root, dockerd, containerd, runc and the docker CLI
 // (BuildImage also needs a static busybox). Where they are

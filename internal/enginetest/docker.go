@@ -27,12 +27,18 @@ const cliTimeout = 2 * time.Minute
 // non-nil when the CLI exits non-zero; its text names the command.
 func (e *Engine) Docker(t testing.TB, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
+	return e.runDocker(t, e.withBuildx, args...)
+}
+
+// runDocker is Docker, with BuildKit on or off for the CLI (cliEnv).
+func (e *Engine) runDocker(t testing.TB, buildkit bool, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
 	// Not t.Context(): Docker is also called from cleanups, when that
 	// context is already canceled.
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.docker, args...)
-	cmd.Env = e.cliEnv()
+	cmd.Env = e.cliEnv(buildkit)
 	cmd.WaitDelay = 5 * time.Second
 	var out, errb bytes.Buffer
 	cmd.Stdout = &out
@@ -74,20 +80,27 @@ func (e *Engine) MustDocker(t testing.TB, args ...string) string {
 }
 
 // cliEnv is the docker CLI's environment: ours without DOCKER_* settings,
-// then the engine, a private config directory, and the classic builder (the
-// daemon is 20.10 and buildx may not be installed; BuildImage must not
-// depend on either).
-func (e *Engine) cliEnv() []string {
+// then the engine, a private config directory, and BuildKit off (the
+// classic builder: the daemon is 20.10 and buildx may not be installed;
+// BuildImage must not depend on either) unless buildkit. With BuildKit off
+// the CLI never hands "docker build" or "docker builder" to buildx, even if
+// it has it; with it on (Options.Buildx) it always does, and fails if
+// buildx is missing rather than fall back to the REST requests unnoticed.
+func (e *Engine) cliEnv(buildkit bool) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "DOCKER_") {
 			env = append(env, kv)
 		}
 	}
+	bk := "DOCKER_BUILDKIT=0"
+	if buildkit {
+		bk = "DOCKER_BUILDKIT=1"
+	}
 	return append(env,
 		"DOCKER_HOST="+e.Host(),
 		"DOCKER_CONFIG="+e.config,
-		"DOCKER_BUILDKIT=0",
+		bk,
 		"DOCKER_CLI_HINTS=false",
 	)
 }
@@ -133,7 +146,12 @@ func (e *Engine) BuildImage(t testing.TB, tag string, extraFiles, labels map[str
 	for _, k := range sortedKeys(labels) {
 		args = append(args, "--label", k+"="+labels[k])
 	}
-	out := e.MustDocker(t, append(args, dir)...)
+	// The classic builder, even for a CLI with buildx (Options.Buildx).
+	args = append(args, dir)
+	out, stderr, err := e.runDocker(t, false, args...)
+	if err != nil {
+		t.Fatalf("%v\nstderr: %s\nstdout: %s", err, stderr, out)
+	}
 	id := strings.TrimSpace(out)
 	if !strings.HasPrefix(id, "sha256:") {
 		t.Fatalf("enginetest: docker build printed %q, want an image ID", out)

@@ -35,6 +35,18 @@ type Options struct {
 	// PluginArgs are appended to "prune-guard serve" by StartGuarded, for
 	// example "--run-label", "ci.run". Start ignores them.
 	PluginArgs []string
+
+	// Buildx gives the engine's docker CLI the buildx plugin, with BuildKit
+	// on (DOCKER_BUILDKIT=1), as a user's CLI with buildx installed:
+	// "docker buildx ..." works and, with a CLI from 23.0 on (not 20.10's),
+	// "docker builder ..." runs as "docker buildx ...", so "docker builder
+	// prune" sends BuildKit's gRPC inside POST /grpc, not POST
+	// /build/prune. Off (the default), the CLI has no buildx and BuildKit
+	// off (DOCKER_BUILDKIT=0), which the tests of build-cache prunes rely
+	// on. BuildImage uses the classic builder either way. The engine is not
+	// started, and the test is skipped (failed under CI), when there is no
+	// buildx plugin (BuildxPath).
+	Buildx bool
 }
 
 // Engine is a private dockerd started by Start.
@@ -49,6 +61,8 @@ type Engine struct {
 	binDir     string // goes first on dockerd's PATH; "" for the system engine
 	daemonJSON []byte // what the engine's daemon.json starts from
 	compose    string // docker compose v2 plugin, or ""
+	buildx     string // docker buildx plugin, or ""
+	withBuildx bool   // Options.Buildx: the CLI has buildx, BuildKit on
 	id         Identity
 	cli        cliAPI
 
@@ -92,6 +106,7 @@ func newEngine(t testing.TB) *Engine {
 		binDir:     tools.binDir,
 		daemonJSON: tools.daemonJSON,
 		compose:    tools.compose,
+		buildx:     tools.buildx,
 	}
 	// Registered first, so it runs last: after the engine and any plugin
 	// started for it have stopped.
@@ -126,6 +141,9 @@ func newEngine(t testing.TB) *Engine {
 // start runs dockerd and waits until it answers /_ping.
 func (e *Engine) start(t testing.TB, opts Options) {
 	t.Helper()
+	if opts.Buildx {
+		e.addBuildx(t)
+	}
 	ns := "pg-" + filepath.Base(e.root)
 	args := []string{
 		"--host", e.Host(),
@@ -189,6 +207,23 @@ func (e *Engine) start(t testing.TB, opts Options) {
 	t.Logf("enginetest: dockerd at %s ready in %v (%s); CLI %s", e.Host(), time.Since(began).Round(time.Millisecond), id, e.docker)
 }
 
+// addBuildx links the buildx plugin into the CLI's config directory, beside
+// compose, and turns BuildKit on for the CLI (Options.Buildx). It is never
+// there by default: with it, "docker builder prune" is no longer the REST
+// request the tests of build-cache prunes send.
+func (e *Engine) addBuildx(t testing.TB) {
+	t.Helper()
+	bx := e.BuildxPath(t)
+	plugins := filepath.Join(e.config, "cli-plugins")
+	if err := os.MkdirAll(plugins, 0o700); err != nil {
+		t.Fatalf("enginetest: creating CLI plugin directory: %v", err)
+	}
+	if err := os.Symlink(bx, filepath.Join(plugins, "docker-buildx")); err != nil {
+		t.Fatalf("enginetest: linking docker buildx: %v", err)
+	}
+	e.withBuildx = true
+}
+
 // waitReady polls /_ping until it answers 200, dockerd exits, or ctx ends.
 func (e *Engine) waitReady(ctx context.Context) error {
 	tick := time.NewTicker(pollInterval)
@@ -231,6 +266,18 @@ func (e *Engine) Socket() string { return e.sock }
 
 // LogTail returns the end of dockerd's log, for failure messages.
 func (e *Engine) LogTail() string { return tail(e.log, "dockerd log") }
+
+// Log returns dockerd's whole log so far. Started with --debug (in
+// Options.ExtraArgs), dockerd logs every request its router serves, as
+// "Calling POST /v1.51/grpc".
+func (e *Engine) Log(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(e.log)
+	if err != nil {
+		t.Fatalf("enginetest: reading dockerd log: %v", err)
+	}
+	return string(b)
+}
 
 // api sends one request through the engine's socket, for the harness's own
 // bookkeeping. Tests that need exact bytes on the wire use HTTP or RawHTTP.
@@ -391,6 +438,7 @@ type tools struct {
 	binDir          string // "" for the system engine
 	daemonJSON      []byte
 	compose         string
+	buildx          string // only for tests that opt in (Options.Buildx)
 }
 
 // requireEngine returns the binaries an engine needs, or skips t (fails it
@@ -410,7 +458,7 @@ func requireEngine(t testing.TB) tools {
 		}
 		return tl
 	}
-	tl := tools{name: "system", daemonJSON: []byte("{}\n"), compose: composeFor("")}
+	tl := tools{name: "system", daemonJSON: []byte("{}\n"), compose: composeFor(""), buildx: buildxFor("")}
 	for _, b := range []struct {
 		name string
 		path *string

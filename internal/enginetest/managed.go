@@ -36,7 +36,7 @@ func (e *Engine) Dir() string { return e.root }
 
 // Env is the environment in which the docker CLI talks to this engine, and
 // only to it: for scripts that run docker themselves.
-func (e *Engine) Env() []string { return e.cliEnv() }
+func (e *Engine) Env() []string { return e.cliEnv(e.withBuildx) }
 
 // ConfigPath is the engine's daemon.json (its --config-file).
 func (e *Engine) ConfigPath() string { return filepath.Join(e.root, "daemon.json") }

@@ -28,6 +28,11 @@ const (
 	// the engine's own (its folder's cli-plugins/docker-compose) is used, and
 	// for the system engine the one scripts/engines.sh provisions.
 	ComposeEnv = "PG_COMPOSE"
+	// BuildxEnv is the path of a docker buildx CLI plugin binary, for tests
+	// that opt in (Options.Buildx). Unset, the engine's own (its folder's
+	// opt-in-plugins/docker-buildx) is used, and for the system engine the
+	// one scripts/engines.sh provisions.
+	BuildxEnv = "PG_BUILDX"
 
 	defaultCache = "/var/cache/prune-guard-ci"
 )
@@ -67,17 +72,30 @@ func provisionedTools(name string) (tools, error) {
 	}
 	tl.daemonJSON = b
 	tl.compose = composeFor(filepath.Join(dir, "cli-plugins", "docker-compose"))
+	// buildx is kept apart from cli-plugins/: only a test that asks for it
+	// (Options.Buildx) gets it.
+	tl.buildx = buildxFor(filepath.Join(dir, "opt-in-plugins", "docker-buildx"))
 	return tl, nil
 }
 
 // composeFor returns the compose plugin to use: PG_COMPOSE, else own if it
 // exists, else "" (none).
-func composeFor(own string) string {
-	if p := os.Getenv(ComposeEnv); p != "" {
+func composeFor(own string) string { return cliPluginFor(ComposeEnv, "compose", own) }
+
+// buildxFor returns the buildx plugin to use: PG_BUILDX, else own if it
+// exists, else "" (none).
+func buildxFor(own string) string { return cliPluginFor(BuildxEnv, "buildx", own) }
+
+// cliPluginFor returns the CLI plugin docker-NAME to use: the one the
+// environment variable env names, else own if it exists, else "" (none).
+// An own of "" (the system engine) is the newest scripts/engines.sh
+// provisioned under PG_CACHE/NAME.
+func cliPluginFor(env, name, own string) string {
+	if p := os.Getenv(env); p != "" {
 		return p
 	}
 	if own == "" {
-		matches, _ := filepath.Glob(filepath.Join(cacheDir(), "compose", "*", "docker-compose"))
+		matches, _ := filepath.Glob(filepath.Join(cacheDir(), name, "*", "docker-"+name))
 		if len(matches) == 0 {
 			return ""
 		}
@@ -176,6 +194,16 @@ func (e *Engine) ComposePath(t testing.TB) string {
 		Unavailable(t, "no docker compose v2 plugin: set %s or run 'sudo bash scripts/engines.sh provision' (it provisions Debian forky's docker-compose under %s/compose)", ComposeEnv, cacheDir())
 	}
 	return e.compose
+}
+
+// BuildxPath returns the docker buildx CLI plugin a test that opts in
+// (Options.Buildx) gets, or skips t (fails it under CI) when there is none.
+func (e *Engine) BuildxPath(t testing.TB) string {
+	t.Helper()
+	if e.buildx == "" {
+		Unavailable(t, "no docker buildx plugin: set %s or run 'sudo bash scripts/engines.sh provision' (it provisions Debian forky's docker-buildx under %s/buildx)", BuildxEnv, cacheDir())
+	}
+	return e.buildx
 }
 
 // Compose runs "docker compose args..." with the engine's CLI and compose
