@@ -313,7 +313,10 @@ func decide(p *Policy, r Rule, c Classification, d Decision) Decision {
 }
 
 func describe(c Classification) string {
-	if c.Target != "" {
+	switch {
+	case c.Op == OpGRPCUnknown:
+		return c.Op.Describe() + " " + c.GRPCMethod
+	case c.Target != "":
 		return fmt.Sprintf("%s of %q", c.Op.Describe(), c.Target)
 	}
 	return c.Op.Describe()

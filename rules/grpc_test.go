@@ -334,3 +334,40 @@ func TestPruneVerdictCatchesWrongReadings(t *testing.T) {
 		}
 	}
 }
+
+// The two transports of a build-cache prune get the same decisions: REST
+// POST /build/prune (docker system prune, the CLI without buildx) and gRPC
+// Control/Prune (docker builder prune through buildx, any BuildKit client).
+func TestGRPCAndRESTBuildPrunesAreDecidedAlike(t *testing.T) {
+	idle := FactsFuncs{RunsFunc: func() RunState { return RunState{} }}
+	busy := FactsFuncs{RunsFunc: func() RunState {
+		return RunState{Active: []Run{{Detector: "prune-guard", System: "prune-guard run", Job: "7", Kind: Container, Name: "job"}}}
+	}}
+	tests := []struct {
+		name  string
+		rest  string // URI
+		grpc  string // PruneRequest, hex
+		facts Facts
+		rule  string // "" for allowed
+	}{
+		{name: "prune -af is refused", rest: "/v1.51/build/prune?all=1", grpc: "0a 00 10 01", facts: idle, rule: "no-build-prune-all"},
+		{name: "prune -af with a budget is refused", rest: "/v1.51/build/prune?all=1&reserved-space=1073741824", grpc: "0a 00 10 01 20 80 80 80 80 04", facts: idle, rule: "no-build-prune-all"},
+		{name: "prune -f passes with no job", rest: "/v1.51/build/prune", grpc: "0a 00", facts: idle},
+		{name: "prune -f with a budget passes with no job", rest: "/v1.51/build/prune?reserved-space=1073741824", grpc: "0a 00 20 80 80 80 80 04", facts: idle},
+		{name: "prune -f is refused during a job", rest: "/v1.51/build/prune", grpc: "0a 00", facts: busy, rule: "no-prune-during-run"},
+		{name: "prune -f with a budget is refused during a job", rest: "/v1.51/build/prune?max-used-space=1073741824", grpc: "28 80 80 80 80 04", facts: busy, rule: "no-prune-during-run"},
+	}
+	c, p := NewClassifier(), Default()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rest := Evaluate(c.Classify(Request{Method: "POST", URI: tt.rest}), p, tt.facts)
+			grpc := Evaluate(c.Classify(Request{Method: "POST", URI: "/moby.buildkit.v1.Control/Prune", GRPC: read(hx(tt.grpc))}), p, tt.facts)
+			if rest.Allow != (tt.rule == "") || rest.Rule != tt.rule {
+				t.Errorf("REST %s: allow %v rule %q, want rule %q", tt.rest, rest.Allow, rest.Rule, tt.rule)
+			}
+			if grpc.Allow != rest.Allow || grpc.Rule != rest.Rule || grpc.Message != rest.Message {
+				t.Errorf("gRPC Control/Prune %s: allow %v rule %q %q; REST: allow %v rule %q %q", tt.grpc, grpc.Allow, grpc.Rule, grpc.Message, rest.Allow, rest.Rule, rest.Message)
+			}
+		})
+	}
+}

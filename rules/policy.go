@@ -201,6 +201,15 @@ func DefaultRules() []Rule {
 			Action:  Deny,
 			Message: "retry after the job ends",
 		},
+		{
+			// Only a proxy sees gRPC calls; an authorization plugin
+			// never gets one to decide.
+			Name:    "no-unknown-grpc",
+			Match:   Ops(OpGRPCUnknown),
+			When:    Always,
+			Action:  Deny,
+			Message: "prune-guard does not know this method, so it cannot tell what it removes; if it removes nothing you keep, allow it with a rule matching grpc-unknown placed before no-unknown-grpc (docs/policy.md)",
+		},
 	}
 }
 
