@@ -138,7 +138,7 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 		protAsked bool
 	)
 	for _, r := range p.Rules {
-		if !r.Match.Has(c.Op) {
+		if !r.matches(c.Op, c.GRPCMethod) {
 			continue
 		}
 		switch r.When {

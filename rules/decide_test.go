@@ -43,7 +43,7 @@ func TestDefaultPolicy(t *testing.T) {
 		{name: "an unknown gRPC method is denied without asking the engine, naming the method and the way out",
 			c: Classification{Op: OpGRPCUnknown, GRPCMethod: "/moby.extensions.v1.Volumes/Prune"}, runs: unknown, rule: "no-unknown-grpc",
 			msg: []string{"prune-guard: call to unknown gRPC method /moby.extensions.v1.Volumes/Prune is blocked (rule no-unknown-grpc)",
-				"cannot tell what it removes", "rule matching grpc-unknown placed before no-unknown-grpc"}},
+				"cannot tell what it removes", "a rule matching grpc-unknown, with methods: naming its service, placed before no-unknown-grpc"}},
 		{name: "a build history update is allowed by default", c: Classification{Op: OpBuildKitHistory, GRPCMethod: "/moby.buildkit.v1.Control/UpdateBuildHistory"}, runs: busy, allow: true},
 		{name: "a BuildKit session in gRPC is allowed by default", c: Classification{Op: OpBuildKitStream, GRPCMethod: "/moby.buildkit.v1.Control/Session"}, runs: busy, allow: true},
 		{name: "unknown is denied fail-closed", c: Classification{Op: OpUnknown, Doubt: "no method"}, runs: idle, rule: FailClosedRule,

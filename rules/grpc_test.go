@@ -371,3 +371,61 @@ func TestGRPCAndRESTBuildPrunesAreDecidedAlike(t *testing.T) {
 		})
 	}
 }
+
+func TestRuleMethodsLimitARuleToGRPCMethods(t *testing.T) {
+	p := &Policy{Rules: append([]Rule{
+		{Name: "allow-volumes-extension", Match: Ops(OpGRPCUnknown), Methods: []string{"/moby.extensions.v1.*/List", "/com.example.Volumes/*"}, Action: Allow},
+		{Name: "no-grpc-prune", Match: Ops(OpBuildPrune, OpBuildPruneAll), Methods: []string{"/moby.buildkit.v1.Control/Prune"}, Action: Deny, Message: "use docker system prune"},
+	}, DefaultRules()...)}
+	tests := []struct {
+		name string
+		req  Request
+		rule string
+	}{
+		{name: "a method a pattern names is allowed", req: Request{Method: "POST", URI: "/moby.extensions.v1.Volumes/List", GRPC: &GRPCCall{}}, rule: "allow-volumes-extension"},
+		{name: "another service's methods all match its wildcard", req: Request{Method: "POST", URI: "/com.example.Volumes/Remove", GRPC: &GRPCCall{}}, rule: "allow-volumes-extension"},
+		{name: "a method no pattern names falls through to no-unknown-grpc", req: Request{Method: "POST", URI: "/moby.extensions.v1.Volumes/Prune", GRPC: &GRPCCall{}}, rule: "no-unknown-grpc"},
+		{name: "a wildcard does not cross a slash", req: Request{Method: "POST", URI: "/com.example.Volumes/a/b", GRPC: &GRPCCall{}}, rule: "no-unknown-grpc"},
+		{name: "a gRPC prune matches a rule limited to its method", req: Request{Method: "POST", URI: "/moby.buildkit.v1.Control/Prune", GRPC: read(hx("0a 00"))}, rule: "no-grpc-prune"},
+		{name: "a REST prune never matches a rule limited to gRPC methods", req: Request{Method: "POST", URI: "/v1.51/build/prune"}},
+		{name: "nor does a REST prune -a, which the next rule refuses", req: Request{Method: "POST", URI: "/v1.51/build/prune?all=1"}, rule: "no-build-prune-all"},
+	}
+	c := NewClassifier()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Evaluate(c.Classify(tt.req), p, FactsFuncs{})
+			if d.Rule != tt.rule {
+				t.Errorf("rule %q (%s), want %q", d.Rule, d.Message, tt.rule)
+			}
+		})
+	}
+}
+
+func TestValidateMethods(t *testing.T) {
+	tests := []struct {
+		name    string
+		match   OpSet
+		methods []string
+		err     string // "" for valid
+	}{
+		{name: "no methods is every method", match: Ops(OpImagePruneAll)},
+		{name: "a service wildcard", match: Ops(OpGRPCUnknown), methods: []string{"/moby.extensions.v1.*/*"}},
+		{name: "one method of a known operation", match: Ops(OpBuildPrune, OpBuildPruneAll, OpBuildKitHistory, OpBuildKitStream), methods: []string{"/moby.buildkit.v1.Control/Prune"}},
+		{name: "an empty list", match: Ops(OpGRPCUnknown), methods: []string{}, err: "lists no pattern"},
+		{name: "no leading slash", match: Ops(OpGRPCUnknown), methods: []string{"moby.extensions.v1.X/Y"}, err: "write /package.Service/Method"},
+		{name: "no method part", match: Ops(OpGRPCUnknown), methods: []string{"/moby.extensions.v1.*"}, err: "write /package.Service/Method"},
+		{name: "a bad pattern", match: Ops(OpGRPCUnknown), methods: []string{"/x.Y/[a-"}, err: "syntax error in pattern"},
+		{name: "an operation no gRPC call is", match: Ops(OpGRPCUnknown, OpImagePruneAll), methods: []string{"/x.Y/*"}, err: "no gRPC call is image-prune-all"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateMethods(tt.match, tt.methods)
+			switch {
+			case tt.err == "" && err != nil:
+				t.Errorf("ValidateMethods = %v", err)
+			case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+				t.Errorf("ValidateMethods = %v, want %q", err, tt.err)
+			}
+		})
+	}
+}
