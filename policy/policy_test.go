@@ -132,6 +132,7 @@ func TestEveryErrorIsReportedAtOnce(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(DefaultYAML()))
 	f.Add([]byte(`{"rules":[{"name":"a","match":["any-prune"]}]}`))
+	f.Add([]byte("rules:\n  - name: a\n    match: [grpc-unknown]\n    methods: [\"/moby.extensions.v1.*/*\"]\n    action: allow\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("f.yaml", data)
 		if err == nil && (c.Policy == nil || len(c.Run.Labels) == 0) {
