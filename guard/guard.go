@@ -48,6 +48,9 @@ type Request struct {
 	Headers map[string]string
 	// Body says what the transport knows of the request body.
 	Body rules.BodyView
+	// GRPC is set for a gRPC call, which only a proxy sees; Method and
+	// URI are then POST and the call's path (rules.Request.GRPC).
+	GRPC *rules.GRPCCall
 }
 
 // Verdict is a decision as a transport answers it.
@@ -110,7 +113,7 @@ func (g *Guard) Decide(ctx context.Context, req Request) (v Verdict) {
 	}()
 
 	cfg := g.config.Load()
-	c := g.classifier.Classify(rules.Request{Method: req.Method, URI: req.URI, Headers: req.Headers, Body: req.Body})
+	c := g.classifier.Classify(rules.Request{Method: req.Method, URI: req.URI, Headers: req.Headers, Body: req.Body, GRPC: req.GRPC})
 	if c.Op == rules.OpOther {
 		g.stats.allowRead()
 		if cfg.Audit == policy.AuditAll {
