@@ -48,8 +48,8 @@ type Request struct {
 	Headers map[string]string
 	// Body says what the transport knows of the request body.
 	Body rules.BodyView
-	// GRPC is set for a gRPC call (proxy mode); URI is then its method's
-	// path.
+	// GRPC is set for a gRPC call, which only a proxy sees; Method and
+	// URI are then POST and the call's path (rules.Request.GRPC).
 	GRPC *rules.GRPCCall
 }
 

@@ -154,6 +154,45 @@ func TestPruneAllIsDeniedAndAudited(t *testing.T) {
 	}
 }
 
+func TestGRPCCallsAreDecidedByMethodAndMessage(t *testing.T) {
+	runs := &fakeRuns{}
+	g, buf := newTestGuard(runs)
+	const prune = "/moby.buildkit.v1.Control/Prune"
+	tests := []struct {
+		name  string
+		req   Request
+		allow bool
+		rule  string
+		op    string // audited operation; "" for no audit line
+	}{
+		{name: "buildx prune -af is refused", req: Request{Method: "POST", URI: prune, GRPC: &rules.GRPCCall{Message: []byte{0x0a, 0x00, 0x10, 0x01}}},
+			rule: "no-build-prune-all", op: "build-prune-all"},
+		{name: "buildx prune -f passes with no job, audited", req: Request{Method: "POST", URI: prune, GRPC: &rules.GRPCCall{Message: []byte{0x0a, 0x00}}},
+			allow: true, op: "build-prune"},
+		{name: "a prune whose message was not read fails closed", req: Request{Method: "POST", URI: prune, GRPC: &rules.GRPCCall{Unread: "the stream ended"}},
+			rule: rules.FailClosedRule, op: "unknown"},
+		{name: "an unknown method is refused", req: Request{Method: "POST", URI: "/moby.extensions.v1.Volumes/Prune", GRPC: &rules.GRPCCall{}},
+			rule: "no-unknown-grpc", op: "grpc-unknown"},
+		{name: "a build passes unaudited", req: Request{Method: "POST", URI: "/moby.buildkit.v1.Control/Solve", GRPC: &rules.GRPCCall{}}, allow: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(buf.lines(t))
+			v := g.Decide(ctx, tt.req)
+			if v.Allow != tt.allow || (!tt.allow && !strings.Contains(v.Message, "(rule "+tt.rule+")")) {
+				t.Fatalf("Decide = %+v, want allow %v rule %q", v, tt.allow, tt.rule)
+			}
+			lines := buf.lines(t)[before:]
+			switch {
+			case tt.op == "" && len(lines) != 0:
+				t.Errorf("audited %v", lines)
+			case tt.op != "" && (len(lines) != 1 || lines[0]["operation"] != tt.op || lines[0]["uri"] != tt.req.URI):
+				t.Errorf("audit lines %v, want one of operation %s", lines, tt.op)
+			}
+		})
+	}
+}
+
 func TestDeleteDuringRunIsDeniedAndNamesTheRun(t *testing.T) {
 	g, buf := newTestGuard(&fakeRuns{runs: []rules.Run{{Detector: "prune-guard", System: "prune-guard run", Job: "r9", Kind: rules.Service, Name: "deploy"}}})
 	v := g.Decide(ctx, Request{Method: "DELETE", URI: "/v1.41/images/base:1"})

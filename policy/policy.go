@@ -378,6 +378,7 @@ func (p *parser) rules(n *yaml.Node) []rules.Rule {
 	for _, rn := range n.Content {
 		r := rules.Rule{When: rules.Always, Action: rules.Deny}
 		var hasName, hasMatch bool
+		var methods *yaml.Node
 		p.mapping(rn, "a rule", map[string]func(*yaml.Node){
 			"name": func(n *yaml.Node) {
 				s, ok := p.scalar(n, "name")
@@ -409,6 +410,13 @@ func (p *parser) rules(n *yaml.Node) []rules.Rule {
 					r.Match |= s
 				}
 			},
+			"methods": func(n *yaml.Node) {
+				methods = n
+				r.Methods = p.list(n, "methods")
+				if r.Methods == nil && n.Kind == yaml.SequenceNode {
+					r.Methods = []string{} // methods: [] is an error, not "every method"
+				}
+			},
 			"when": func(n *yaml.Node) {
 				if s, ok := p.scalar(n, "when"); ok {
 					c, err := rules.ParseCondition(s)
@@ -437,6 +445,9 @@ func (p *parser) rules(n *yaml.Node) []rules.Rule {
 		}
 		if !hasMatch {
 			p.errorf(rn, "rule %q needs match: a list of operations (valid: %s)", r.Name, strings.Join(rules.OperationNames(), ", "))
+		}
+		if methods != nil {
+			p.check(methods, rules.ValidateMethods(r.Match, r.Methods))
 		}
 		out = append(out, r)
 	}

@@ -101,6 +101,11 @@ func TestErrorsNameFileLineAndValidChoices(t *testing.T) {
 		{"not YAML", "rules: [\n", []string{"p.yaml"}},
 		{"empty file", "", []string{"empty"}},
 		{"duplicate key", "mode: warn\nmode: enforce\n", []string{"already defined"}},
+		{"empty methods", "rules:\n  - name: a\n    match: [grpc-unknown]\n    methods: []\n", []string{"p.yaml:4:", "lists no pattern"}},
+		{"method pattern without its service", "rules:\n  - name: a\n    match: [grpc-unknown]\n    methods: [\"/Prune\"]\n", []string{"p.yaml:4:", "/package.Service/Method"}},
+		{"bad method pattern", "rules:\n  - name: a\n    match: [grpc-unknown]\n    methods: [\"/a.B/[x\"]\n", []string{"p.yaml:4:", "syntax error in pattern"}},
+		{"methods on a REST operation", "rules:\n  - name: a\n    match: [image-prune-all, grpc-unknown]\n    methods: [\"/a.B/*\"]\n", []string{"p.yaml:4:", "no gRPC call is image-prune-all", "grpc-unknown"}},
+		{"methods as a scalar", "rules:\n  - name: a\n    match: [grpc-unknown]\n    methods: /a.B/*\n", []string{"p.yaml:4:", "must be a list"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -127,10 +132,35 @@ func TestEveryErrorIsReportedAtOnce(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(DefaultYAML()))
 	f.Add([]byte(`{"rules":[{"name":"a","match":["any-prune"]}]}`))
+	f.Add([]byte("rules:\n  - name: a\n    match: [grpc-unknown]\n    methods: [\"/moby.extensions.v1.*/*\"]\n    action: allow\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("f.yaml", data)
 		if err == nil && (c.Policy == nil || len(c.Run.Labels) == 0) {
 			t.Fatalf("accepted a policy without rules or run labels: %+v", c)
 		}
 	})
+}
+
+func TestRuleMethodsRenderAndParseBack(t *testing.T) {
+	src := `rules:
+  - name: allow-volumes-extension
+    match: [grpc-unknown]
+    methods: ["/moby.extensions.v1.Volumes/*", "/com.example.*/List"]
+    action: allow
+`
+	c, err := Parse("p.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/moby.extensions.v1.Volumes/*", "/com.example.*/List"}
+	if r := c.Policy.Rules[0]; !reflect.DeepEqual(r.Methods, want) || r.Action != rules.Allow {
+		t.Fatalf("parsed %+v", r)
+	}
+	again, err := Parse("rendered.yaml", []byte(Render(c)))
+	if err != nil {
+		t.Fatalf("the rendered policy does not parse: %v\n%s", err, Render(c))
+	}
+	if !reflect.DeepEqual(again.Policy, c.Policy) {
+		t.Errorf("rendered and parsed back:\n got %+v\nwant %+v", again.Policy.Rules, c.Policy.Rules)
+	}
 }

@@ -39,6 +39,9 @@ func Render(c *Config) string {
 	for _, r := range c.Policy.Rules {
 		fmt.Fprintf(&b, "  - name: %s\n", r.Name)
 		fmt.Fprintf(&b, "    match: %s\n", flow(opNames(r.Match)))
+		if len(r.Methods) > 0 {
+			fmt.Fprintf(&b, "    methods: %s\n", flow(r.Methods))
+		}
 		if r.When != rules.Always {
 			fmt.Fprintf(&b, "    when: %s\n", r.When)
 		}

@@ -40,3 +40,21 @@ func BenchmarkEvaluateDeny(b *testing.B) {
 		Evaluate(cl, p, facts)
 	}
 }
+
+func BenchmarkClassifyGRPCSolve(b *testing.B) {
+	c := NewClassifier()
+	r := Request{Method: "POST", URI: "/moby.buildkit.v1.Control/Solve", GRPC: &GRPCCall{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Classify(r)
+	}
+}
+
+func BenchmarkClassifyGRPCPrune(b *testing.B) {
+	c := NewClassifier()
+	r := Request{Method: "POST", URI: "/moby.buildkit.v1.Control/Prune", GRPC: &GRPCCall{Message: []byte{0x0a, 0x00, 0x10, 0x01}}}
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Classify(r)
+	}
+}

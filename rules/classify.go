@@ -29,7 +29,12 @@ type Request struct {
 	// Body says what the caller knows of the request body, which decides
 	// whether the daemon could read form values the caller did not see.
 	Body BodyView
-	// GRPC is set for a gRPC call; URI is then its method's path.
+	// GRPC is set for a gRPC call, which only a proxy sees: an HTTP/2
+	// request whose Content-Type starts with application/grpc, which
+	// dockerd 29.2+ hands to its gRPC server instead of its REST router,
+	// or a call inside the POST /grpc tunnel. URI is then the call's path,
+	// /package.Service/Method, and Method is "POST"; Headers and Body are
+	// not read.
 	GRPC *GRPCCall
 }
 
@@ -70,6 +75,10 @@ type Classification struct {
 	// for an unscoped prune, for build prunes (whose label filter the
 	// daemon ignores), and whenever the classification is in doubt.
 	Scope []string
+	// GRPCMethod is a gRPC call's method as the daemon's gRPC server
+	// routes it, /package.Service/Method (the decoded path); "" for a
+	// REST request.
+	GRPCMethod string
 	// Doubt says why the classifier chose the most destructive reading it
 	// could not rule out; "" when the classification is certain.
 	Doubt string
@@ -89,6 +98,9 @@ func NewClassifier() *Classifier {
 // cannot establish it reports as the most destructive possibility, with a
 // Doubt that says why.
 func (c *Classifier) Classify(r Request) Classification {
+	if r.GRPC != nil {
+		return classifyGRPC(r.URI, r.GRPC)
+	}
 	// Every guarded route is a POST or a DELETE, and mux matches methods
 	// exactly, so reads (the bulk of all traffic) stop here without
 	// allocating.

@@ -138,7 +138,7 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 		protAsked bool
 	)
 	for _, r := range p.Rules {
-		if !r.Match.Has(c.Op) {
+		if !r.matches(c.Op, c.GRPCMethod) {
 			continue
 		}
 		switch r.When {
@@ -313,7 +313,10 @@ func decide(p *Policy, r Rule, c Classification, d Decision) Decision {
 }
 
 func describe(c Classification) string {
-	if c.Target != "" {
+	switch {
+	case c.Op == OpGRPCUnknown:
+		return c.Op.Describe() + " " + c.GRPCMethod
+	case c.Target != "":
 		return fmt.Sprintf("%s of %q", c.Op.Describe(), c.Target)
 	}
 	return c.Op.Describe()

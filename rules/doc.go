@@ -1,6 +1,7 @@
 // Package rules is prune-guard's pure policy core: it classifies a Docker
-// Engine API request exactly as dockerd would route and parse it, and decides
-// it against a policy.
+// Engine API request exactly as dockerd would route and parse it (and a gRPC
+// call a proxy sees as dockerd's gRPC server would route and decode it), and
+// decides it against a policy.
 //
 // Classification follows the daemon, not a reading of the URL: the same
 // gorilla/mux route templates dockerd registers, the decoded path, Go's
@@ -34,4 +35,14 @@
 // reference_seeds_test.go, and a case in e2e/adversarial_test.go judged by
 // a real engine's state; and the docs: docs/policy.md's operations table,
 // and docs/threat-model.md if the plugin cannot see all of what it does.
+//
+// A gRPC method (only a proxy sees them; an unknown one is grpc-unknown,
+// refused by default): its row in grpcServices (grpc.go), read from the
+// .proto and the Register call of every BuildKit the engines vendor. If its
+// first request message decides what it removes, make GRPCReadsMessage say
+// so and read the message with protowire as both of dockerd's decoders
+// (gogo before BuildKit v0.17, protobuf-go since) read it, refusing where
+// they part ways; hold the reading to them in grpc_reference_test.go and
+// FuzzClassifyGRPC. Then rows in grpc_test.go and docs/policy.md's gRPC
+// table.
 package rules

@@ -23,9 +23,12 @@ const (
 	OpImagePruneAll
 	// OpImageDelete is DELETE /images/{name} (docker rmi).
 	OpImageDelete
-	// OpBuildPrune is POST /build/prune without all: dangling build cache.
+	// OpBuildPrune is POST /build/prune without all, or gRPC
+	// moby.buildkit.v1.Control/Prune without all: unused build cache that
+	// no image shares, internal and frontend records kept.
 	OpBuildPrune
-	// OpBuildPruneAll is POST /build/prune with all: every unused cache record.
+	// OpBuildPruneAll is POST /build/prune with all, or Control/Prune with
+	// all: every unused cache record.
 	OpBuildPruneAll
 	// OpContainerPrune is POST /containers/prune.
 	OpContainerPrune
@@ -40,8 +43,17 @@ const (
 	OpPluginChange
 	// OpBuildKitStream is POST /grpc or /session: a connection BuildKit takes
 	// over (h2c). The plugin sees no body, so what runs inside (which can
-	// include a build-cache prune) is invisible to it.
+	// include a build-cache prune) is invisible to it. In proxy mode it is
+	// also gRPC Control/Session, the same session tunnelled in a gRPC
+	// stream.
 	OpBuildKitStream
+	// OpBuildKitHistory is gRPC Control/UpdateBuildHistory: it deletes or
+	// pins records of BuildKit's build history, not build cache.
+	OpBuildKitHistory
+	// OpGRPCUnknown is a gRPC call to a method prune-guard does not know
+	// (a service an engine extension adds, a method of a newer BuildKit),
+	// so it cannot tell what the call removes.
+	OpGRPCUnknown
 
 	numOperations
 )
@@ -68,19 +80,21 @@ type opInfo struct {
 }
 
 var operations = [numOperations]opInfo{
-	OpOther:          {name: "other", describe: "request"},
-	OpUnknown:        {name: "unknown", describe: "unclassifiable request", destructive: true},
-	OpImagePrune:     {name: "image-prune", describe: "image prune", destructive: true, prune: true, grace: true, scopable: true},
-	OpImagePruneAll:  {name: "image-prune-all", describe: "image prune --all", destructive: true, prune: true, grace: true},
-	OpImageDelete:    {name: "image-delete", describe: "image delete", destructive: true, grace: true},
-	OpBuildPrune:     {name: "build-prune", describe: "build cache prune", destructive: true, prune: true},
-	OpBuildPruneAll:  {name: "build-prune-all", describe: "build cache prune --all", destructive: true, prune: true},
-	OpContainerPrune: {name: "container-prune", describe: "container prune", destructive: true, prune: true, scopable: true},
-	OpNetworkPrune:   {name: "network-prune", describe: "network prune", destructive: true, prune: true, scopable: true},
-	OpVolumePrune:    {name: "volume-prune", describe: "volume prune", destructive: true, prune: true, scopable: true},
-	OpVolumePruneAll: {name: "volume-prune-all", describe: "volume prune --all", destructive: true, prune: true},
-	OpPluginChange:   {name: "plugin-change", describe: "plugin change", destructive: true},
-	OpBuildKitStream: {name: "buildkit-stream", describe: "BuildKit session"},
+	OpOther:           {name: "other", describe: "request"},
+	OpUnknown:         {name: "unknown", describe: "unclassifiable request", destructive: true},
+	OpImagePrune:      {name: "image-prune", describe: "image prune", destructive: true, prune: true, grace: true, scopable: true},
+	OpImagePruneAll:   {name: "image-prune-all", describe: "image prune --all", destructive: true, prune: true, grace: true},
+	OpImageDelete:     {name: "image-delete", describe: "image delete", destructive: true, grace: true},
+	OpBuildPrune:      {name: "build-prune", describe: "build cache prune", destructive: true, prune: true},
+	OpBuildPruneAll:   {name: "build-prune-all", describe: "build cache prune --all", destructive: true, prune: true},
+	OpContainerPrune:  {name: "container-prune", describe: "container prune", destructive: true, prune: true, scopable: true},
+	OpNetworkPrune:    {name: "network-prune", describe: "network prune", destructive: true, prune: true, scopable: true},
+	OpVolumePrune:     {name: "volume-prune", describe: "volume prune", destructive: true, prune: true, scopable: true},
+	OpVolumePruneAll:  {name: "volume-prune-all", describe: "volume prune --all", destructive: true, prune: true},
+	OpPluginChange:    {name: "plugin-change", describe: "plugin change", destructive: true},
+	OpBuildKitStream:  {name: "buildkit-stream", describe: "BuildKit session"},
+	OpBuildKitHistory: {name: "buildkit-history", describe: "BuildKit build history update"},
+	OpGRPCUnknown:     {name: "grpc-unknown", describe: "call to unknown gRPC method", destructive: true},
 }
 
 func (op Operation) info() opInfo {
@@ -137,6 +151,10 @@ var AnyPrune = func() OpSet {
 	}
 	return s
 }()
+
+// GRPCOps are the operations a gRPC call can be classified as and a policy
+// can name: only rules matching these may limit themselves to gRPC methods.
+var GRPCOps = Ops(OpBuildPrune, OpBuildPruneAll, OpBuildKitStream, OpBuildKitHistory, OpGRPCUnknown)
 
 // opGroups are names that stand for several operations in a policy.
 var opGroups = map[string]OpSet{

@@ -1,7 +1,9 @@
 package rules
 
 import (
+	"errors"
 	"fmt"
+	"path"
 	"strings"
 )
 
@@ -128,13 +130,63 @@ func ParseMode(name string) (Mode, error) {
 // Rule is one entry of a policy. The first rule that matches a request
 // decides it.
 type Rule struct {
-	Name   string
-	Match  OpSet
-	When   Condition
-	Action Action
+	Name  string
+	Match OpSet
+	// Methods, when set, limits the rule to gRPC calls whose method
+	// (Classification.GRPCMethod, /package.Service/Method) matches one of
+	// these path.Match patterns ('*' does not cross '/'), so that a policy
+	// can allow one extension's service rather than every unknown method.
+	// Such a rule never matches a REST request. ValidateMethods checks
+	// them.
+	Methods []string
+	When    Condition
+	Action  Action
 	// Message explains the rule to the client that was refused: why, and
 	// what is safe to do instead.
 	Message string
+}
+
+// matches reports whether the rule's operations and gRPC method patterns
+// select a request classified as op (a gRPC call to method, or REST with
+// method ""); its condition is the caller's.
+func (r *Rule) matches(op Operation, method string) bool {
+	if !r.Match.Has(op) {
+		return false
+	}
+	if len(r.Methods) == 0 {
+		return true
+	}
+	for _, p := range r.Methods {
+		if ok, _ := path.Match(p, method); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidateMethods checks a rule's gRPC method patterns: each one a valid
+// pattern of the form /package.Service/Method, and the rule's operations
+// ones a gRPC call can be (GRPCOps), since the patterns match nothing
+// else.
+func ValidateMethods(match OpSet, methods []string) error {
+	if methods == nil {
+		return nil
+	}
+	if len(methods) == 0 {
+		return errors.New("methods lists no pattern; leave it out to match every method")
+	}
+	for _, p := range methods {
+		if !strings.HasPrefix(p, "/") || strings.Count(p, "/") != 2 {
+			return fmt.Errorf("gRPC method pattern %q: write /package.Service/Method, e.g. \"/moby.extensions.v1.*/*\" ('*' does not cross '/')", p)
+		}
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("gRPC method pattern %q: %v", p, err)
+		}
+	}
+	if other := match &^ GRPCOps; other != 0 {
+		return fmt.Errorf("methods limits a rule to gRPC calls, and no gRPC call is %s; match only %s", other, GRPCOps)
+	}
+	return nil
 }
 
 // Policy is an ordered list of rules; a request no rule matches is allowed.
@@ -201,10 +253,23 @@ func DefaultRules() []Rule {
 			Action:  Deny,
 			Message: "retry after the job ends",
 		},
+		{
+			// Only a proxy sees gRPC calls; an authorization plugin
+			// never gets one to decide.
+			Name:    "no-unknown-grpc",
+			Match:   Ops(OpGRPCUnknown),
+			When:    Always,
+			Action:  Deny,
+			Message: "prune-guard does not know this method, so it cannot tell what it removes; if it removes nothing you keep, allow it with a rule matching grpc-unknown, with methods: naming its service, placed before no-unknown-grpc (docs/policy.md)",
+		},
 	}
 }
 
 // String renders a rule for logs and explanations.
 func (r Rule) String() string {
-	return fmt.Sprintf("%s: %s %s when %s", r.Name, r.Action, r.Match, r.When)
+	methods := ""
+	if len(r.Methods) > 0 {
+		methods = " methods " + strings.Join(r.Methods, ",")
+	}
+	return fmt.Sprintf("%s: %s %s%s when %s", r.Name, r.Action, r.Match, methods, r.When)
 }
