@@ -67,7 +67,6 @@ type RunsStatus struct {
 // which detector counts it and why.
 func DescribeState(st rules.RunState, det rules.Detection) RunsStatus {
 	var rs RunsStatus
-	d := rules.Decision{Grace: st.Grace, Blind: st.Blind}
 	if st.Err != nil {
 		rs.Error = st.Err.Error()
 	}
@@ -78,8 +77,7 @@ func DescribeState(st rules.RunState, det rules.Detection) RunsStatus {
 	for _, r := range st.Active {
 		rs.Active = append(rs.Active, fmt.Sprintf("%s (detector %s: %s)", r, r.Detector, looks[r.Detector]))
 	}
-	d.Runs = st.Ended
-	for _, s := range describeRuns(d) {
+	for _, s := range describeRuns(rules.RunState{Ended: st.Ended, Blind: st.Blind, Grace: st.Grace}) {
 		if strings.HasPrefix(s, "unseen: ") {
 			rs.Unseen = strings.TrimPrefix(s, "unseen: ")
 			continue

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +188,48 @@ func TestScopedPruneAllKeepsProtectedImages(t *testing.T) {
 	}
 	if strings.Join(askedScope, ",") != "team=a" {
 		t.Errorf("asked about scope %q, want the prune's", askedScope)
+	}
+}
+
+func TestDecisionRecordsTheRunStateItReliedOn(t *testing.T) {
+	ended := time.Date(2026, 12, 1, 10, 41, 13, 0, time.UTC)
+	live := Run{Detector: "gitlab", System: "GitLab job", Job: "4711", Kind: Container, Name: "build", Labels: map[string]string{"team": "a"}}
+	other := Run{Detector: "gitlab", System: "GitLab job", Job: "4712", Kind: Container, Name: "test", Labels: map[string]string{"team": "b"}}
+	gone := Run{Detector: "gitlab", System: "GitLab job", Job: "4700", Kind: Container, Name: "old", Labels: map[string]string{"team": "a"}, Ended: ended}
+	blind := &Blind{Since: ended, Why: "prune-guard started then"}
+	state := RunState{Active: []Run{live, other}, Ended: []Run{gone}, Blind: blind, Grace: 2 * time.Minute}
+	unknown := errors.New("engine unreachable")
+
+	tests := []struct {
+		name  string
+		c     Classification
+		state RunState
+		want  RunState
+	}{
+		{name: "an image delete relies on live and ended runs and the unseen stretch, kept apart",
+			c: Classification{Op: OpImageDelete, Target: "x"}, state: state,
+			want: RunState{Active: []Run{live, other}, Ended: []Run{gone}, Blind: blind, Grace: 2 * time.Minute}},
+		{name: "a container prune relies on live runs only: the grace holds images",
+			c: Classification{Op: OpContainerPrune}, state: state,
+			want: RunState{Active: []Run{live, other}, Grace: 2 * time.Minute}},
+		{name: "a scoped prune relies on the runs its scope selects, live and ended",
+			c: Classification{Op: OpImagePrune, Scope: []string{"team=a"}}, state: state,
+			want: RunState{Active: []Run{live}, Ended: []Run{gone}, Blind: blind, Grace: 2 * time.Minute}},
+		{name: "an unknown state is recorded as its error alone",
+			c: Classification{Op: OpImageDelete, Target: "x"}, state: RunState{Err: unknown, Grace: 2 * time.Minute},
+			want: RunState{Err: unknown, Grace: 2 * time.Minute}},
+		{name: "an allowed request relied on the live runs, none holding it",
+			c: Classification{Op: OpNetworkPrune, Scope: []string{"team=c"}}, state: state,
+			want: RunState{Active: []Run{live, other}, Grace: 2 * time.Minute}},
+		{name: "a request no run rule reached relied on nothing",
+			c: Classification{Op: OpBuildPruneAll}, state: state},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Evaluate(tt.c, Default(), FactsFuncs{RunsFunc: func() RunState { return tt.state }})
+			if !reflect.DeepEqual(d.Runs, tt.want) {
+				t.Errorf("Decision.Runs = %+v\nwant %+v", d.Runs, tt.want)
+			}
+		})
 	}
 }
