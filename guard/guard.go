@@ -227,26 +227,6 @@ func record(req Request, c rules.Classification, d rules.Decision, took time.Dur
 			r.Reason = "allowed by rule " + d.Rule
 		}
 	}
-	r.Runs = describeRuns(d.Runs)
+	r.Runs = viewRuns(d.Runs).auditLines()
 	return r
-}
-
-// describeRuns lists the runs a decision relied on for the audit record,
-// saying which ended within the grace and which stretch was unseen.
-func describeRuns(st rules.RunState) []string {
-	var out []string
-	if st.Err != nil {
-		out = append(out, "unknown: "+st.Err.Error())
-	}
-	for _, run := range st.Active {
-		out = append(out, run.String())
-	}
-	for _, run := range st.Ended {
-		out = append(out, run.String()+fmt.Sprintf(" (ended %s, grace until %s)", run.Ended.UTC().Format(time.RFC3339), run.Ended.Add(st.Grace).UTC().Format(time.RFC3339)))
-	}
-	if st.Blind != nil {
-		out = append(out, fmt.Sprintf("unseen: whether a job ended before %s (%s); counted as active until %s",
-			st.Blind.Since.UTC().Format(time.RFC3339), st.Blind.Why, st.Blind.Since.Add(st.Grace).UTC().Format(time.RFC3339)))
-	}
-	return out
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -24,6 +25,11 @@ type fakeRuns struct {
 	err   error
 	panic bool
 	asked atomic.Int64
+	// ended, blind and grace are the rest of the state, when a test
+	// needs a teardown grace.
+	ended []rules.Run
+	blind *rules.Blind
+	grace time.Duration
 }
 
 func (f *fakeRuns) State(context.Context, rules.Detection) rules.RunState {
@@ -31,7 +37,7 @@ func (f *fakeRuns) State(context.Context, rules.Detection) rules.RunState {
 	if f.panic {
 		panic("engine client exploded")
 	}
-	return rules.RunState{Active: f.runs, Err: f.err}
+	return rules.RunState{Active: f.runs, Ended: f.ended, Blind: f.blind, Grace: f.grace, Err: f.err}
 }
 
 func (f *fakeRuns) HostVisible() (bool, string) { return true, "" }
