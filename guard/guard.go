@@ -220,6 +220,7 @@ func record(req Request, c rules.Classification, d rules.Decision, took time.Dur
 		Doubt:      c.Doubt,
 		DurationUS: took.Microseconds(),
 		Reason:     d.Message,
+		Protected:  d.Protected,
 	}
 	if r.Reason == "" {
 		r.Reason = "no rule matched"

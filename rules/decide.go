@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -110,6 +111,11 @@ type Decision struct {
 	// asked: what held the request (Holding) when a run rule decided,
 	// only the error when the state was unknown, otherwise the live runs.
 	Runs RunState
+	// Protected says why the request's image or plugin is protected when
+	// a protection condition asked and the answer was yes (the rule it
+	// belongs to then decided); it is "" otherwise. The audit log records
+	// it, so that replay knows the answer whatever the rule is named.
+	Protected string
 }
 
 // FailClosedRule names the built-in rule that refuses unclassifiable
@@ -182,7 +188,7 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 			case !prot.Yes:
 				continue
 			}
-			return decide(p, r, c, Decision{
+			return decide(p, r, c, Decision{Protected: cmp.Or(prot.Why, "it is protected"),
 				Message: fmt.Sprintf("prune-guard: %s is blocked (rule %s): %s; %s", describe(c), r.Name, prot.Why, r.Message)})
 		default:
 			return decide(p, r, c, Decision{

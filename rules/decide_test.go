@@ -233,3 +233,50 @@ func TestDecisionRecordsTheRunStateItReliedOn(t *testing.T) {
 		})
 	}
 }
+
+func TestDecisionSaysWhenItFoundTheTargetProtected(t *testing.T) {
+	const why = "registry.example/base/node:20 matches the protected pattern registry.example/base/*"
+	renamed := &Policy{Rules: []Rule{
+		{Name: "dont-touch-base-images", Match: Ops(OpImageDelete, OpImagePruneAll), When: ImageProtected, Action: Deny},
+		{Name: "hands-off-my-plugin", Match: Ops(OpPluginChange), When: PluginProtected, Action: Deny},
+		{Name: "no-delete", Match: Ops(OpImageDelete), When: Always, Action: Deny},
+	}}
+	allowProtected := &Policy{Rules: []Rule{{Name: "protected-may-go", Match: Ops(OpImageDelete), When: ImageProtected, Action: Allow}}}
+	yes := Check{Yes: true, Why: why}
+	tests := []struct {
+		name          string
+		p             *Policy
+		c             Classification
+		answer        Check
+		wantRule      string
+		wantProtected string
+	}{
+		{name: "a protection rule of any name that finds the image protected records why",
+			p: renamed, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: yes, wantRule: "dont-touch-base-images", wantProtected: why},
+		{name: "so does one that finds a scoped prune --all would take a protected image",
+			p: renamed, c: Classification{Op: OpImagePruneAll, Scope: []string{"team=a"}}, answer: yes, wantRule: "dont-touch-base-images", wantProtected: why},
+		{name: "and one that finds the plugin protected",
+			p: renamed, c: Classification{Op: OpPluginChange, Target: "prune-guard"}, answer: yes, wantRule: "hands-off-my-plugin", wantProtected: why},
+		{name: "an allow rule on a protected image records it too",
+			p: allowProtected, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: yes, wantRule: "protected-may-go", wantProtected: why},
+		{name: "an answer without a reason still records that it was yes",
+			p: renamed, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: Check{Yes: true}, wantRule: "dont-touch-base-images", wantProtected: "it is protected"},
+		{name: "an image found unprotected records nothing",
+			p: renamed, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: Check{}, wantRule: "no-delete"},
+		{name: "a check that could not be answered records nothing",
+			p: renamed, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: Check{Err: errors.New("engine down")}, wantRule: "dont-touch-base-images"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			answer := func() Check { return tt.answer }
+			d := Evaluate(tt.c, tt.p, FactsFuncs{
+				ImageFunc:  func(string) Check { return answer() },
+				PruneFunc:  func([]string, bool) Check { return answer() },
+				PluginFunc: func(string) Check { return answer() },
+			})
+			if d.Rule != tt.wantRule || d.Protected != tt.wantProtected {
+				t.Errorf("Evaluate = rule %q, protected %q; want rule %q, protected %q", d.Rule, d.Protected, tt.wantRule, tt.wantProtected)
+			}
+		})
+	}
+}
