@@ -58,11 +58,16 @@ type Record struct {
 	Msg        string `json:"msg"`
 	Operation  string `json:"operation"`
 	// Policy is the short hash of the policy that decided.
-	Policy string   `json:"policy,omitempty"`
-	Reason string   `json:"reason"`
-	Rule   string   `json:"rule"`
-	Runs   []string `json:"runs"`
-	Target string   `json:"target,omitempty"`
+	Policy string `json:"policy,omitempty"`
+	// Protected is why the request's image or plugin is protected, when
+	// the decision asked and found it so (rules.Decision.Protected).
+	// Lines written before it was recorded, and decisions that found
+	// nothing protected, did not ask or could not tell, lack it.
+	Protected string   `json:"protected,omitempty"`
+	Reason    string   `json:"reason"`
+	Rule      string   `json:"rule"`
+	Runs      []string `json:"runs"`
+	Target    string   `json:"target,omitempty"`
 	// Time is when the line was written, RFC 3339 with nanoseconds; Write
 	// sets it, and Level and Msg.
 	Time string `json:"time"`
@@ -147,6 +152,7 @@ func (lg *Log) Failures() int64 { return lg.w.failures.Load() }
 // Write appends r to the log, redacted, with its time, level and message.
 func (lg *Log) Write(r Record) {
 	r.URI, r.Reason, r.Target, r.Doubt = redact.String(r.URI), redact.String(r.Reason), redact.String(r.Target), redact.String(r.Doubt)
+	r.Protected = redact.String(r.Protected)
 	r.Runs = redactAll(r.Runs)
 	r.Time = time.Now().Format(time.RFC3339Nano)
 	switch r.Decision {

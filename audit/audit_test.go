@@ -91,3 +91,32 @@ func TestWriteFailuresAreCountedAndReportedNotFatal(t *testing.T) {
 		t.Errorf("reports = %v, want one report, rate-limited", reports)
 	}
 }
+
+func TestProtectedIsWrittenOnlyWhenADecisionFoundTheTargetProtected(t *testing.T) {
+	tests := []struct {
+		name      string
+		protected string
+		want      any // nil: the line has no protected key, as lines always had
+	}{
+		{name: "a decision that found nothing protected writes the line as before", protected: ""},
+		{name: "a decision that found the image protected says why",
+			protected: "alpine:3.19 matches the protected pattern docker.io/library/*",
+			want:      "alpine:3.19 matches the protected pattern docker.io/library/*"},
+		{name: "why is redacted like every recorded string",
+			protected: "it carries the protecting label token=ghp_0123456789abcdefghij0123456789abcdef",
+			want:      "it carries the protecting label token=[REDACTED]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			New(&buf, nil).Write(Record{Decision: Deny, Rule: "r", Operation: "image-delete", Method: "DELETE", URI: "/images/x", Protected: tt.protected})
+			var m map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+				t.Fatal(err)
+			}
+			if got, ok := m["protected"]; got != tt.want || ok != (tt.want != nil) {
+				t.Errorf("protected = %v (present %v), want %v in %s", got, ok, tt.want, buf.Bytes())
+			}
+		})
+	}
+}

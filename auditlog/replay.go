@@ -12,9 +12,10 @@ import (
 	"github.com/prune-guard/prune-guard/rules"
 )
 
-// Rules whose recorded decision means the engine found the image or plugin
-// protected. Replay cannot ask the engine again, so it takes the recorded
-// answer: protected iff the recorded decision came from one of these.
+// The built-in protection rules' names. A line written before the audit
+// record said whether a decision found its target protected, under a
+// policy replay does not know, was decided by a protection rule iff it
+// names one of these.
 const (
 	keepProtectedRule = "keep-protected"
 	protectSelfRule   = "protect-self"
@@ -28,6 +29,12 @@ type ReplayOptions struct {
 	JSON bool
 	// PolicyName names the new policy in the text summary.
 	PolicyName string
+	// Recorded are policies the log may have been written under, by
+	// short hash (a line's policy field). For a line without the
+	// protected field, the recorded rule's condition in its policy says
+	// whether the recorded decision found the target protected; a line
+	// whose policy is not here falls back to the built-in rules' names.
+	Recorded map[string]*rules.Policy
 }
 
 // Change is a recorded decision that the new policy decides differently.
@@ -79,8 +86,12 @@ func (r *Replayed) Changed() int64 {
 //     "unknown: REASON" replays as an unknown run state, which is what the
 //     recorded decision saw. A decision that did not ask (no run-conditioned
 //     rule was reached) recorded no runs, and replays as "no run active";
-//   - the image or plugin is protected iff the recorded rule is
-//     keep-protected or protect-self;
+//   - the image or plugin is protected iff the line's protected field
+//     says so; on a line without it (written before the field existed, or
+//     by a decision that found nothing protected, did not ask or could not
+//     tell), iff the recorded rule is conditioned on protection in the
+//     recorded policy, when o.Recorded holds it, and otherwise iff the
+//     recorded rule is keep-protected or protect-self;
 //   - where the recorded decision doubted the request's reading because of
 //     headers or a body (which the log does not keep), the recorded
 //     operation is used, not a reading of the URI alone.
@@ -112,8 +123,7 @@ func Replay(in io.Reader, out io.Writer, p *rules.Policy, o ReplayOptions) (*Rep
 			continue
 		}
 		res.Decisions++
-		cl := reclassify(classifier, l)
-		d := rules.Evaluate(cl, p, recordedFacts(l))
+		cl, d := decideAgain(classifier, l, p, o.Recorded)
 		c := Change{Line: l.Number, Time: l.Time, Method: l.Method, URI: l.URI, Operation: cl.Op.String(),
 			OldDecision: l.Decision, OldRule: l.Rule, NewDecision: audit.OutcomeOf(d), NewRule: d.Rule}
 		if c.NewDecision == c.OldDecision {
@@ -157,6 +167,13 @@ func (r *Replayed) setRead(rd *Reader) {
 	r.Read, r.Skipped, r.TooLong, r.FirstSkipped = rd.Read, rd.Skipped, rd.TooLong, rd.FirstSkipped
 }
 
+// decideAgain decides a recorded request under p, with the facts the
+// record holds.
+func decideAgain(c *rules.Classifier, l *Line, p *rules.Policy, recorded map[string]*rules.Policy) (rules.Classification, rules.Decision) {
+	cl := reclassify(c, l)
+	return cl, rules.Evaluate(cl, p, recordedFacts(l, recorded))
+}
+
 // reclassify reads a recorded request again. A recorded doubt that the URI
 // alone does not reproduce came from headers or a body the log does not
 // keep; the recorded operation, the most destructive reading, stands.
@@ -185,7 +202,7 @@ func operationNamed(name string) (rules.Operation, bool) {
 }
 
 // recordedFacts answers a replayed decision's questions from the record.
-func recordedFacts(l *Line) rules.Facts {
+func recordedFacts(l *Line, recorded map[string]*rules.Policy) rules.Facts {
 	var state rules.RunState
 	for _, run := range l.Runs {
 		if reason, ok := strings.CutPrefix(run, "unknown:"); ok {
@@ -194,15 +211,42 @@ func recordedFacts(l *Line) rules.Facts {
 		}
 		state.Active = append(state.Active, rules.Run{Job: run})
 	}
-	protected := rules.Check{
-		Yes: l.Rule == keepProtectedRule || l.Rule == protectSelfRule,
-		Why: "the recorded decision found it protected",
-	}
+	protected := recordedProtection(l, recorded)
 	return rules.FactsFuncs{
 		RunsFunc:   func() rules.RunState { return state },
 		ImageFunc:  func(string) rules.Check { return protected },
+		PruneFunc:  func([]string, bool) rules.Check { return protected },
 		PluginFunc: func(string) rules.Check { return protected },
 	}
+}
+
+// recordedProtection is whether the recorded decision found the request's
+// image, plugin or (for a prune) an image it would remove protected.
+func recordedProtection(l *Line, recorded map[string]*rules.Policy) rules.Check {
+	if l.Protected != "" {
+		return rules.Check{Yes: true, Why: l.Protected}
+	}
+	// No field: the decision found nothing protected or did not ask,
+	// unless its protection rule decided because the check could not be
+	// answered (a denial replays as that rule's denial), or the line is
+	// older than the field. Either way the deciding rule tells.
+	if p := recorded[l.Policy]; p != nil && l.Policy != "" {
+		if r, ok := ruleNamed(p, l.Rule); ok {
+			return rules.Check{Yes: r.When == rules.ImageProtected || r.When == rules.PluginProtected,
+				Why: "the recorded decision came from a protection rule"}
+		}
+	}
+	return rules.Check{Yes: l.Rule == keepProtectedRule || l.Rule == protectSelfRule,
+		Why: "the recorded decision came from a built-in protection rule"}
+}
+
+func ruleNamed(p *rules.Policy, name string) (rules.Rule, bool) {
+	for _, r := range p.Rules {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return rules.Rule{}, false
 }
 
 // writeChange writes c as one readable line:

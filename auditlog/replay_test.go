@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 // recorded is a log the built-in policy wrote: each decision is the one the
@@ -180,5 +181,114 @@ func TestReplaySinceSkipsOlderDecisions(t *testing.T) {
 	// 09:05 to 09:10: six decisions, one of them without a request.
 	if res.Decisions != 5 || res.NoRequest != 1 || res.Events != 0 {
 		t.Errorf("counts = %+v", res)
+	}
+}
+
+// renamedProtection protects base images and prune-guard under rules that
+// are not named as the built-in ones are.
+const renamedProtection = `protect:
+  images: ["registry.example/base/*"]
+  plugins: [prune-guard]
+rules:
+  - name: dont-touch-base-images
+    match: [image-delete, image-prune-all]
+    when: image-protected
+  - name: hands-off-the-guard
+    match: [plugin-change]
+    when: plugin-protected
+`
+
+// scopedPruneAll is "docker image prune -a --filter label=team=a".
+const scopedPruneAll = "/v1.43/images/prune?filters=%7B%22dangling%22%3A%7B%22false%22%3Atrue%7D%2C%22label%22%3A%7B%22team%3Da%22%3Atrue%7D%7D"
+
+func TestReplayKnowsWhetherTheRecordedDecisionFoundTheTargetProtected(t *testing.T) {
+	renamed := writePolicy(t, renamedProtection)
+	builtIn := policy.Default()
+	// A policy that names a rule keep-protected without conditioning it
+	// on protection.
+	misnamed := writePolicy(t, "rules:\n  - name: keep-protected\n    match: [image-delete]\n")
+	const unknownPolicy = "0123456789ab"
+	recorded := map[string]*rules.Policy{renamed.ShortHash(): renamed.Policy, misnamed.ShortHash(): misnamed.Policy}
+	deleteBase := func(rule, pol string, kv ...any) string {
+		return decision("2026-12-04T09:00:00Z", "deny", rule, "image-delete", "DELETE", "/v1.43/images/registry.example/base/node:20",
+			append([]any{"target", "registry.example/base/node:20", "policy", pol}, kv...)...)
+	}
+	const baseWhy = "registry.example/base/node:20 matches the protected pattern registry.example/base/*"
+	tests := []struct {
+		name     string
+		line     string
+		against  *policy.Config
+		wantOp   string
+		wantRule string // the replayed decision denies under it; "" allows
+	}{
+		{name: "a line that says why its image was protected replays as protected under a rule of another name",
+			line: deleteBase("dont-touch-base-images", unknownPolicy, "protected", baseWhy), against: renamed,
+			wantOp: "image-delete", wantRule: "dont-touch-base-images"},
+		{name: "and under the built-in rules",
+			line: deleteBase("dont-touch-base-images", unknownPolicy, "protected", baseWhy), against: builtIn,
+			wantOp: "image-delete", wantRule: "keep-protected"},
+		{name: "a scoped prune --all that would have removed a protected image replays as protected",
+			line: decision("2026-12-04T09:00:00Z", "deny", "dont-touch-base-images", "image-prune-all", "POST", scopedPruneAll,
+				"policy", unknownPolicy, "protected", "it would remove image sha256:aaa: "+baseWhy),
+			against: builtIn, wantOp: "image-prune-all", wantRule: "keep-protected"},
+		{name: "a protected plugin's change replays as protected",
+			line: decision("2026-12-04T09:00:00Z", "deny", "hands-off-the-guard", "plugin-change", "POST", "/v1.43/plugins/prune-guard/disable",
+				"target", "prune-guard", "policy", unknownPolicy, "protected", "plugin prune-guard is protected (pattern prune-guard)"),
+			against: builtIn, wantOp: "plugin-change", wantRule: "protect-self"},
+		{name: "a decision that found nothing protected replays as unprotected",
+			line:    decision("2026-12-04T09:00:00Z", "allow", "", "image-delete", "DELETE", "/v1.43/images/app:1", "policy", renamed.ShortHash()),
+			against: builtIn, wantOp: "image-delete", wantRule: ""},
+		{name: "an old line decided by a rule its known policy conditions on protection replays as protected",
+			line: deleteBase("dont-touch-base-images", renamed.ShortHash()), against: builtIn,
+			wantOp: "image-delete", wantRule: "keep-protected"},
+		{name: "an old line decided by a rule named keep-protected that its known policy does not condition on protection replays as unprotected",
+			line: deleteBase("keep-protected", misnamed.ShortHash()), against: renamed,
+			wantOp: "image-delete", wantRule: ""},
+		{name: "an old line of an unknown policy decided by keep-protected replays as protected, as before",
+			line: deleteBase("keep-protected", unknownPolicy), against: renamed,
+			wantOp: "image-delete", wantRule: "dont-touch-base-images"},
+		{name: "an old line of an unknown policy decided by a renamed protection rule replays as unprotected, as before",
+			line: deleteBase("dont-touch-base-images", unknownPolicy), against: builtIn,
+			wantOp: "image-delete", wantRule: ""},
+		{name: "an old line without a policy decided by protect-self replays as protected, as before",
+			line:    decision("2026-12-04T09:00:00Z", "deny", "protect-self", "plugin-change", "POST", "/v1.43/plugins/prune-guard/disable"),
+			against: renamed, wantOp: "plugin-change", wantRule: "hands-off-the-guard"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ls := readAll(t, NewReader(strings.NewReader(lines(tt.line))))
+			if len(ls) != 1 {
+				t.Fatalf("read %d lines from %s", len(ls), tt.line)
+			}
+			cl, d := decideAgain(rules.NewClassifier(), &ls[0], tt.against.Policy, recorded)
+			if cl.Op.String() != tt.wantOp || d.Rule != tt.wantRule || d.Allow != (tt.wantRule == "") {
+				t.Errorf("replayed as %s: allow %v, rule %q; want %s under rule %q", cl.Op, d.Allow, d.Rule, tt.wantOp, tt.wantRule)
+			}
+		})
+	}
+}
+
+func TestReplayingALogUnderThePolicyThatWroteItChangesNothingWhateverItsRulesAreNamed(t *testing.T) {
+	renamed := writePolicy(t, renamedProtection)
+	log := lines(
+		decision("2026-12-04T09:00:00Z", "deny", "dont-touch-base-images", "image-delete", "DELETE", "/v1.43/images/registry.example/base/node:20",
+			"policy", renamed.ShortHash(), "protected", "registry.example/base/node:20 matches the protected pattern registry.example/base/*"),
+		decision("2026-12-04T09:01:00Z", "deny", "dont-touch-base-images", "image-prune-all", "POST", scopedPruneAll,
+			"policy", renamed.ShortHash(), "protected", "it would remove image sha256:aaa: it carries the protecting label prune-guard.keep=true"),
+		decision("2026-12-04T09:02:00Z", "deny", "hands-off-the-guard", "plugin-change", "POST", "/v1.43/plugins/prune-guard/disable",
+			"policy", renamed.ShortHash(), "protected", "plugin prune-guard is protected (pattern prune-guard)"),
+		// Written before the protected field: its policy tells.
+		decision("2026-12-04T09:03:00Z", "deny", "dont-touch-base-images", "image-delete", "DELETE", "/v1.43/images/registry.example/base/go:1",
+			"policy", renamed.ShortHash()),
+		decision("2026-12-04T09:04:00Z", "allow", "", "image-delete", "DELETE", "/v1.43/images/app:1", "policy", renamed.ShortHash()),
+	)
+	var out bytes.Buffer
+	res, err := Replay(strings.NewReader(log), &out, renamed.Policy, ReplayOptions{
+		Recorded: map[string]*rules.Policy{renamed.ShortHash(): renamed.Policy}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Decisions != 5 || res.Changed() != 0 || res.RuleOnly != 0 {
+		t.Errorf("replayed %d decisions, %d changed, %d under another rule; want 5, none changed:\n%s", res.Decisions, res.Changed(), res.RuleOnly, out.String())
 	}
 }

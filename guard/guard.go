@@ -259,6 +259,7 @@ func record(req Request, c rules.Classification, d rules.Decision, took time.Dur
 		Doubt:      c.Doubt,
 		DurationUS: took.Microseconds(),
 		Reason:     d.Message,
+		Protected:  d.Protected,
 	}
 	if r.Reason == "" {
 		r.Reason = "no rule matched"
@@ -266,27 +267,6 @@ func record(req Request, c rules.Classification, d rules.Decision, took time.Dur
 			r.Reason = "allowed by rule " + d.Rule
 		}
 	}
-	r.Runs = describeRuns(d)
+	r.Runs = viewRuns(d.Runs).auditLines()
 	return r
-}
-
-// describeRuns lists the runs a decision relied on for the audit record,
-// saying which ended within the grace and which stretch was unseen.
-func describeRuns(d rules.Decision) []string {
-	var out []string
-	if d.RunsErr != nil {
-		out = append(out, "unknown: "+d.RunsErr.Error())
-	}
-	for _, run := range d.Runs {
-		s := run.String()
-		if !run.Ended.IsZero() {
-			s += fmt.Sprintf(" (ended %s, grace until %s)", run.Ended.UTC().Format(time.RFC3339), run.Ended.Add(d.Grace).UTC().Format(time.RFC3339))
-		}
-		out = append(out, s)
-	}
-	if d.Blind != nil {
-		out = append(out, fmt.Sprintf("unseen: whether a job ended before %s (%s); counted as active until %s",
-			d.Blind.Since.UTC().Format(time.RFC3339), d.Blind.Why, d.Blind.Since.Add(d.Grace).UTC().Format(time.RFC3339)))
-	}
-	return out
 }

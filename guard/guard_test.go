@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -24,6 +25,11 @@ type fakeRuns struct {
 	err   error
 	panic bool
 	asked atomic.Int64
+	// ended, blind and grace are the rest of the state, when a test
+	// needs a teardown grace.
+	ended []rules.Run
+	blind *rules.Blind
+	grace time.Duration
 }
 
 func (f *fakeRuns) State(context.Context, rules.Detection) rules.RunState {
@@ -31,7 +37,7 @@ func (f *fakeRuns) State(context.Context, rules.Detection) rules.RunState {
 	if f.panic {
 		panic("engine client exploded")
 	}
-	return rules.RunState{Active: f.runs, Err: f.err}
+	return rules.RunState{Active: f.runs, Ended: f.ended, Blind: f.blind, Grace: f.grace, Err: f.err}
 }
 
 func (f *fakeRuns) HostVisible() (bool, string) { return true, "" }
@@ -364,5 +370,53 @@ func TestPolicySwapIsAtomicUnderConcurrentDecisions(t *testing.T) {
 		default:
 			t.Fatalf("unexpected decision %v", l)
 		}
+	}
+}
+
+// Replay cannot ask the engine again, so the audit record says when a
+// decision found the target protected, whatever its rule is named.
+func TestAuditRecordSaysWhyTheTargetWasProtected(t *testing.T) {
+	cfg, err := policy.Parse("p.yaml", []byte(`protect:
+  images: ["registry.example/base/*"]
+  plugins: [prune-guard]
+rules:
+  - name: dont-touch-base-images
+    match: [image-delete, image-prune-all]
+    when: image-protected
+  - name: hands-off-the-guard
+    match: [plugin-change]
+    when: plugin-protected
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := &fakeNames{images: map[string]resolve.Image{
+		"registry.example/base/node:20": {ID: "sha256:aaa", Refs: []string{"registry.example/base/node:20"}},
+		"app:1":                         {ID: "sha256:bbb", Refs: []string{"app:1"}},
+	}}
+	tests := []struct {
+		name          string
+		req           Request
+		wantRule      string
+		wantProtected any // nil: no "protected" field
+	}{
+		{name: "a protected image's delete records the matching pattern",
+			req: Request{Method: "DELETE", URI: "/v1.41/images/registry.example/base/node:20"}, wantRule: "dont-touch-base-images",
+			wantProtected: "registry.example/base/node:20 matches the protected pattern registry.example/base/*"},
+		{name: "a protected plugin's change records the matching pattern",
+			req: Request{Method: "POST", URI: "/v1.41/plugins/prune-guard/disable"}, wantRule: "hands-off-the-guard",
+			wantProtected: "plugin prune-guard is protected (pattern prune-guard)"},
+		{name: "an unprotected image's delete has no protected field",
+			req: Request{Method: "DELETE", URI: "/v1.41/images/app:1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g, buf := newTestGuardWith(cfg, &fakeRuns{}, names)
+			g.Decide(ctx, tt.req)
+			l := buf.lines(t)[0]
+			if l["rule"] != tt.wantRule || l["protected"] != tt.wantProtected {
+				t.Errorf("audit line has rule %v, protected %v; want rule %q, protected %v", l["rule"], l["protected"], tt.wantRule, tt.wantProtected)
+			}
+		})
 	}
 }

@@ -51,42 +51,22 @@ func describePolicy(c *policy.Config) PolicyStatus {
 
 // RunsStatus is the run state as the guard sees it now.
 type RunsStatus struct {
-	// Active are live jobs' objects; Ended those within the grace, each
-	// with when it ended and when the grace is over.
-	Active []string `json:"active"`
-	Ended  []string `json:"ended"`
-	// Unseen explains a stretch of the grace window the guard could not
-	// see, if there is one.
-	Unseen string `json:"unseen,omitempty"`
-	// Error is why the state is unknown, if it is.
-	Error string `json:"error,omitempty"`
+	RunsView
 	// HostProcesses says whether host-process detectors can see the
 	// host's processes.
 	HostProcesses string `json:"host_processes"`
 }
 
-// DescribeState renders a run state for status, saying for each live job
+// DescribeState is a run state as status shows it: for each live job,
 // which detector counts it and why.
 func DescribeState(st rules.RunState, det rules.Detection) RunsStatus {
-	var rs RunsStatus
-	d := rules.Decision{Grace: st.Grace, Blind: st.Blind}
-	if st.Err != nil {
-		rs.Error = st.Err.Error()
-	}
+	rs := RunsStatus{RunsView: viewRuns(st)}
 	looks := map[string]string{}
 	for _, dt := range det.Detectors {
 		looks[dt.Name] = dt.Looks
 	}
-	for _, r := range st.Active {
-		rs.Active = append(rs.Active, fmt.Sprintf("%s (detector %s: %s)", r, r.Detector, looks[r.Detector]))
-	}
-	d.Runs = st.Ended
-	for _, s := range describeRuns(d) {
-		if strings.HasPrefix(s, "unseen: ") {
-			rs.Unseen = strings.TrimPrefix(s, "unseen: ")
-			continue
-		}
-		rs.Ended = append(rs.Ended, s)
+	for i, r := range rs.Active {
+		rs.Active[i].Looks = looks[r.Detector]
 	}
 	return rs
 }

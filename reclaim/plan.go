@@ -220,8 +220,8 @@ func NewPlan(f Facts, o Options) Plan {
 	}
 	// Removing an image is an image delete: it waits for the same jobs,
 	// teardown grace included, as the plugin makes a delete wait.
-	if held, blind := f.Runs.Holding(rules.Classification{Op: rules.OpImageDelete}, false); len(held) > 0 || blind != nil {
-		p.Refused = "a CI job holds image deletes: " + rules.HoldReason(held, blind, f.Runs.Grace) + "; nothing is removed until it ends"
+	if held := f.Runs.Holding(rules.Classification{Op: rules.OpImageDelete}, false); held.Holds() {
+		p.Refused = "a CI job holds image deletes: " + rules.HoldReason(held) + "; nothing is removed until it ends"
 		return p
 	}
 

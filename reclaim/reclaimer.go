@@ -457,8 +457,8 @@ func (r *Reclaimer) execute(ctx context.Context, st *State, p *Plan, res *Result
 		rs := r.runs.State(ctx, r.cfg.Detection)
 		if rs.Err != nil {
 			res.Stopped = fmt.Sprintf("the CI run state became unknown (%v)", rs.Err)
-		} else if held, blind := rs.Holding(rules.Classification{Op: rules.OpImageDelete}, false); len(held) > 0 || blind != nil {
-			res.Stopped = "a CI job holds image deletes: " + rules.HoldReason(held, blind, rs.Grace)
+		} else if held := rs.Holding(rules.Classification{Op: rules.OpImageDelete}, false); held.Holds() {
+			res.Stopped = "a CI job holds image deletes: " + rules.HoldReason(held)
 		}
 		if res.Stopped != "" {
 			fmt.Fprintf(r.cfg.Out, "stopped: %s; the rest waits for the next pass\n", res.Stopped)

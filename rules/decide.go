@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,7 +11,8 @@ import (
 // RunState is what the caller knows about active CI jobs. A non-nil Err
 // means the state is unknown, and destructive requests are then refused.
 type RunState struct {
-	// Active are the objects of jobs that are running now.
+	// Active are the objects of jobs that are running now (Run.Ended
+	// zero).
 	Active []Run
 	// Ended are objects of jobs that went within the grace (Run.Ended
 	// set); they count as active for grace operations only.
@@ -105,17 +107,15 @@ type Decision struct {
 	Rule string
 	// Message is the denial (or would-be denial) as the client sees it.
 	Message string
-	// Runs are the active runs the decision relied on, if it asked:
-	// those that held the request when a run rule denied it, otherwise
-	// every active run.
-	Runs []Run
-	// Blind is the unseen stretch of the grace window that held the
-	// request, if one did.
-	Blind *Blind
-	// Grace is the teardown grace in force when runs were asked.
-	Grace time.Duration
-	// RunsErr is why the run state was unknown, if it was.
-	RunsErr error
+	// Runs is the part of the run state the decision relied on, if it
+	// asked: what held the request (Holding) when a run rule decided,
+	// only the error when the state was unknown, otherwise the live runs.
+	Runs RunState
+	// Protected says why the request's image or plugin is protected when
+	// a protection condition asked and the answer was yes (the rule it
+	// belongs to then decided); it is "" otherwise. The audit log records
+	// it, so that replay knows the answer whatever the rule is named.
+	Protected string
 }
 
 // FailClosedRule names the built-in rule that refuses unclassifiable
@@ -151,16 +151,15 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 				// An allow rule cannot be taken on an unknown state.
 				continue
 			case state.Err != nil:
-				return decide(p, r, c, Decision{RunsErr: state.Err,
+				return decide(p, r, c, Decision{Runs: RunState{Err: state.Err, Grace: state.Grace},
 					Message: fmt.Sprintf("prune-guard: %s is blocked because the CI run state is unknown (rule %s): %v; retry when the engine answers",
 						describe(c), r.Name, state.Err)})
 			}
-			held, blind := state.Holding(c, r.When == RunInScope)
-			if len(held) == 0 && blind == nil {
+			held := state.Holding(c, r.When == RunInScope)
+			if !held.Holds() {
 				continue
 			}
-			return decide(p, r, c, Decision{Runs: held, Blind: blind, Grace: state.Grace,
-				Message: runMessage(c, r, held, blind, state.Grace)})
+			return decide(p, r, c, Decision{Runs: held, Message: runMessage(c, r, held)})
 		case Unscoped:
 			if len(c.Scope) > 0 {
 				continue
@@ -189,7 +188,7 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 			case !prot.Yes:
 				continue
 			}
-			return decide(p, r, c, Decision{
+			return decide(p, r, c, Decision{Protected: cmp.Or(prot.Why, "it is protected"),
 				Message: fmt.Sprintf("prune-guard: %s is blocked (rule %s): %s; %s", describe(c), r.Name, prot.Why, r.Message)})
 		default:
 			return decide(p, r, c, Decision{
@@ -199,74 +198,65 @@ func Evaluate(c Classification, p *Policy, facts Facts) Decision {
 	}
 	d := Decision{Allow: true}
 	if asked {
-		d.Runs, d.RunsErr, d.Grace = state.Active, state.Err, state.Grace
+		// What an allowed request relied on is that no live job held it.
+		d.Runs = RunState{Active: state.Active, Grace: state.Grace, Err: state.Err}
 	}
 	return d
 }
 
-// Holding returns the runs (and the unseen stretch of the grace window) that
-// hold back a request classified as c: live jobs always; for grace
-// operations also jobs that ended within the grace and the blind stretch;
-// and, when inScope, for a scopable prune with a label scope only the runs
-// the scope selects.
-func (s RunState) Holding(c Classification, inScope bool) ([]Run, *Blind) {
-	runs := s.Active
-	var blind *Blind
+// Holding returns the part of s that holds back a request classified as c:
+// live jobs always; for grace operations also jobs that ended within the
+// grace and the blind stretch; and, when inScope, for a scopable prune with
+// a label scope only the runs the scope selects.
+func (s RunState) Holding(c Classification, inScope bool) RunState {
+	held := RunState{Active: s.Active, Grace: s.Grace, Err: s.Err}
 	if c.Op.Grace() {
-		runs = append(runs[:len(runs):len(runs)], s.Ended...)
-		blind = s.Blind
+		held.Ended, held.Blind = s.Ended, s.Blind
 	}
 	if inScope && c.Op.Scopable() && len(c.Scope) > 0 {
-		var scoped []Run
-		for _, r := range runs {
-			if r.InScope(c.Scope) {
-				scoped = append(scoped, r)
-			}
-		}
-		runs = scoped
+		held.Active, held.Ended = selected(held.Active, c.Scope), selected(held.Ended, c.Scope)
 	}
-	return runs, blind
+	return held
+}
+
+// Holds reports whether s has a run, live or ended, or an unseen stretch:
+// whether, as Holding returned it, it holds a request back.
+func (s RunState) Holds() bool { return len(s.Active) > 0 || len(s.Ended) > 0 || s.Blind != nil }
+
+// selected returns the runs a prune scoped by these label filters selects.
+func selected(runs []Run, scope []string) []Run {
+	var out []Run
+	for _, r := range runs {
+		if r.InScope(scope) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // runMessage explains a denial held by runs.
-func runMessage(c Classification, r Rule, held []Run, blind *Blind, grace time.Duration) string {
+func runMessage(c Classification, r Rule, held RunState) string {
 	scope := ""
 	if len(c.Scope) > 0 && c.Op.Scopable() && r.When == RunInScope {
 		scope = fmt.Sprintf(" and its label filter %s selects the job's objects", strings.Join(c.Scope, ", "))
 	}
 	when := "while a CI job is active"
-	if !anyLive(held) {
+	if len(held.Active) == 0 {
 		when = "during a CI job's teardown grace"
 	}
-	msg := fmt.Sprintf("prune-guard: %s is blocked %s%s (rule %s): %s", describe(c), when, scope, r.Name, HoldReason(held, blind, grace))
+	msg := fmt.Sprintf("prune-guard: %s is blocked %s%s (rule %s): %s", describe(c), when, scope, r.Name, HoldReason(held))
 	if r.Message != "" {
 		msg += "; " + r.Message
 	}
 	return msg
 }
 
-func anyLive(runs []Run) bool {
-	for _, r := range runs {
-		if r.Ended.IsZero() {
-			return true
-		}
-	}
-	return false
-}
-
 // HoldReason says which jobs hold a request back (as Holding returned them)
 // and, when only jobs in their teardown grace do, when it may resume.
-func HoldReason(held []Run, blind *Blind, grace time.Duration) string {
-	held = slices.Clone(held)
-	sortRuns(held)
-	var live, ended []Run
-	for _, run := range held {
-		if run.Ended.IsZero() {
-			live = append(live, run)
-		} else {
-			ended = append(ended, run)
-		}
-	}
+func HoldReason(held RunState) string {
+	live, ended := slices.Clone(held.Active), slices.Clone(held.Ended)
+	sortRuns(live)
+	sortRuns(ended)
 	var why []string
 	if len(live) > 0 {
 		why = append(why, "active "+listRuns(live))
@@ -274,11 +264,11 @@ func HoldReason(held []Run, blind *Blind, grace time.Duration) string {
 	var resume time.Time
 	if len(ended) > 0 {
 		why = append(why, "in its teardown grace: "+listEnded(ended))
-		resume = ended[len(ended)-1].Ended.Add(grace)
+		resume = ended[len(ended)-1].Ended.Add(held.Grace)
 	}
-	if blind != nil {
-		why = append(why, fmt.Sprintf("prune-guard cannot tell whether a CI job ended before %s (%s)", clock(blind.Since), blind.Why))
-		if t := blind.Since.Add(grace); t.After(resume) {
+	if b := held.Blind; b != nil {
+		why = append(why, fmt.Sprintf("prune-guard cannot tell whether a CI job ended before %s (%s)", clock(b.Since), b.Why))
+		if t := b.Since.Add(held.Grace); t.After(resume) {
 			resume = t
 		}
 	}

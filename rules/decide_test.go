@@ -2,6 +2,7 @@ package rules
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -193,5 +194,95 @@ func TestScopedPruneAllKeepsProtectedImages(t *testing.T) {
 	}
 	if strings.Join(askedScope, ",") != "team=a" {
 		t.Errorf("asked about scope %q, want the prune's", askedScope)
+	}
+}
+
+func TestDecisionRecordsTheRunStateItReliedOn(t *testing.T) {
+	ended := time.Date(2026, 12, 1, 10, 41, 13, 0, time.UTC)
+	live := Run{Detector: "gitlab", System: "GitLab job", Job: "4711", Kind: Container, Name: "build", Labels: map[string]string{"team": "a"}}
+	other := Run{Detector: "gitlab", System: "GitLab job", Job: "4712", Kind: Container, Name: "test", Labels: map[string]string{"team": "b"}}
+	gone := Run{Detector: "gitlab", System: "GitLab job", Job: "4700", Kind: Container, Name: "old", Labels: map[string]string{"team": "a"}, Ended: ended}
+	blind := &Blind{Since: ended, Why: "prune-guard started then"}
+	state := RunState{Active: []Run{live, other}, Ended: []Run{gone}, Blind: blind, Grace: 2 * time.Minute}
+	unknown := errors.New("engine unreachable")
+
+	tests := []struct {
+		name  string
+		c     Classification
+		state RunState
+		want  RunState
+	}{
+		{name: "an image delete relies on live and ended runs and the unseen stretch, kept apart",
+			c: Classification{Op: OpImageDelete, Target: "x"}, state: state,
+			want: RunState{Active: []Run{live, other}, Ended: []Run{gone}, Blind: blind, Grace: 2 * time.Minute}},
+		{name: "a container prune relies on live runs only: the grace holds images",
+			c: Classification{Op: OpContainerPrune}, state: state,
+			want: RunState{Active: []Run{live, other}, Grace: 2 * time.Minute}},
+		{name: "a scoped prune relies on the runs its scope selects, live and ended",
+			c: Classification{Op: OpImagePrune, Scope: []string{"team=a"}}, state: state,
+			want: RunState{Active: []Run{live}, Ended: []Run{gone}, Blind: blind, Grace: 2 * time.Minute}},
+		{name: "an unknown state is recorded as its error alone",
+			c: Classification{Op: OpImageDelete, Target: "x"}, state: RunState{Err: unknown, Grace: 2 * time.Minute},
+			want: RunState{Err: unknown, Grace: 2 * time.Minute}},
+		{name: "an allowed request relied on the live runs, none holding it",
+			c: Classification{Op: OpNetworkPrune, Scope: []string{"team=c"}}, state: state,
+			want: RunState{Active: []Run{live, other}, Grace: 2 * time.Minute}},
+		{name: "a request no run rule reached relied on nothing",
+			c: Classification{Op: OpBuildPruneAll}, state: state},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := Evaluate(tt.c, Default(), FactsFuncs{RunsFunc: func() RunState { return tt.state }})
+			if !reflect.DeepEqual(d.Runs, tt.want) {
+				t.Errorf("Decision.Runs = %+v\nwant %+v", d.Runs, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecisionSaysWhenItFoundTheTargetProtected(t *testing.T) {
+	const why = "registry.example/base/node:20 matches the protected pattern registry.example/base/*"
+	renamed := &Policy{Rules: []Rule{
+		{Name: "dont-touch-base-images", Match: Ops(OpImageDelete, OpImagePruneAll), When: ImageProtected, Action: Deny},
+		{Name: "hands-off-my-plugin", Match: Ops(OpPluginChange), When: PluginProtected, Action: Deny},
+		{Name: "no-delete", Match: Ops(OpImageDelete), When: Always, Action: Deny},
+	}}
+	allowProtected := &Policy{Rules: []Rule{{Name: "protected-may-go", Match: Ops(OpImageDelete), When: ImageProtected, Action: Allow}}}
+	yes := Check{Yes: true, Why: why}
+	tests := []struct {
+		name          string
+		p             *Policy
+		c             Classification
+		answer        Check
+		wantRule      string
+		wantProtected string
+	}{
+		{name: "a protection rule of any name that finds the image protected records why",
+			p: renamed, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: yes, wantRule: "dont-touch-base-images", wantProtected: why},
+		{name: "so does one that finds a scoped prune --all would take a protected image",
+			p: renamed, c: Classification{Op: OpImagePruneAll, Scope: []string{"team=a"}}, answer: yes, wantRule: "dont-touch-base-images", wantProtected: why},
+		{name: "and one that finds the plugin protected",
+			p: renamed, c: Classification{Op: OpPluginChange, Target: "prune-guard"}, answer: yes, wantRule: "hands-off-my-plugin", wantProtected: why},
+		{name: "an allow rule on a protected image records it too",
+			p: allowProtected, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: yes, wantRule: "protected-may-go", wantProtected: why},
+		{name: "an answer without a reason still records that it was yes",
+			p: renamed, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: Check{Yes: true}, wantRule: "dont-touch-base-images", wantProtected: "it is protected"},
+		{name: "an image found unprotected records nothing",
+			p: renamed, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: Check{}, wantRule: "no-delete"},
+		{name: "a check that could not be answered records nothing",
+			p: renamed, c: Classification{Op: OpImageDelete, Target: "node:20"}, answer: Check{Err: errors.New("engine down")}, wantRule: "dont-touch-base-images"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			answer := func() Check { return tt.answer }
+			d := Evaluate(tt.c, tt.p, FactsFuncs{
+				ImageFunc:  func(string) Check { return answer() },
+				PruneFunc:  func([]string, bool) Check { return answer() },
+				PluginFunc: func(string) Check { return answer() },
+			})
+			if d.Rule != tt.wantRule || d.Protected != tt.wantProtected {
+				t.Errorf("Evaluate = rule %q, protected %q; want rule %q, protected %q", d.Rule, d.Protected, tt.wantRule, tt.wantProtected)
+			}
+		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prune-guard/prune-guard/auditlog"
 	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 // defaultAuditFile is where scripts/quickstart.sh has serve write the log.
@@ -126,7 +127,12 @@ taken from the record:
     active"; a recorded "unknown: REASON" replays as an unknown run state. The
     run labels of NEW are not evaluated: the runs are those the recorded labels
     found.
-  - An image or plugin is protected iff the recorded rule was keep-protected or
+  - An image or plugin is protected iff the line's protected field says so
+    (the recorded decision asked and found it protected), whatever the rule is
+    named. A line without it, written before prune-guard recorded it or by a
+    decision that found nothing protected, counts as protected iff its rule is
+    conditioned on protection in its policy, when that policy is NEW or the
+    built-in one, and otherwise iff the recorded rule was keep-protected or
     protect-self. The protect settings of NEW are not evaluated, so protecting
     more images shows no change here.
   - Requests are read again from their recorded method and URI (credentials in
@@ -161,10 +167,14 @@ report); 1 when NEW does not load or the log cannot be read.`,
 				return err
 			}
 			defer in.Close()
+			builtIn := policy.Default()
 			r, err := auditlog.Replay(in, cmd.OutOrStdout(), cfg.Policy, auditlog.ReplayOptions{
 				Since:      since,
 				JSON:       o.json,
 				PolicyName: fmt.Sprintf("%s (policy %s)", o.policyFile, cfg.ShortHash()),
+				// The policies replay can know a line was decided
+				// under: NEW itself, and the built-in one.
+				Recorded: map[string]*rules.Policy{builtIn.ShortHash(): builtIn.Policy, cfg.ShortHash(): cfg.Policy},
 			})
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)

@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/prune-guard/prune-guard/policy"
 )
 
 // sampleAuditLog is a log as serve writes it: an event, a denial, an allowed
@@ -143,6 +145,48 @@ func TestAuditReplayReportsChangesAndExitsZero(t *testing.T) {
 			out, _, err := runAudit(t, "", "audit", "replay", "--policy", tt.policy, log)
 			if err != nil {
 				t.Fatalf("replay finding changes must exit 0: %v", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+func TestAuditReplayKnowsProtectionWhateverTheRuleIsNamed(t *testing.T) {
+	renamed := writeAuditFile(t, "renamed.yaml", `protect:
+  images: ["registry.example/base/*"]
+rules:
+  - name: dont-touch-base-images
+    match: [image-delete]
+    when: image-protected
+`)
+	builtIn := writeAuditFile(t, "default.yaml", policy.DefaultYAML())
+	cfg, err := policy.Load(renamed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := writeAuditFile(t, "audit.jsonl",
+		`{"decision":"deny","level":"warning","method":"DELETE","msg":"request denied","operation":"image-delete","policy":"`+cfg.ShortHash()+`","protected":"registry.example/base/node:20 matches the protected pattern registry.example/base/*","reason":"…","rule":"dont-touch-base-images","runs":[],"target":"registry.example/base/node:20","time":"2026-12-04T09:00:00Z","uri":"/v1.47/images/registry.example/base/node:20","user":""}
+{"decision":"deny","level":"warning","method":"DELETE","msg":"request denied","operation":"image-delete","policy":"`+cfg.ShortHash()+`","reason":"…","rule":"dont-touch-base-images","runs":[],"target":"registry.example/base/go:1","time":"2026-12-04T09:01:00Z","uri":"/v1.47/images/registry.example/base/go:1","user":""}
+`)
+	tests := []struct {
+		name   string
+		policy string
+		want   []string
+	}{
+		{"under the policy that wrote it, the recorded field and the recorded rule's condition agree: nothing changes",
+			renamed, []string{"replayed 2 decisions against " + renamed + " (policy " + cfg.ShortHash() + "): none would change\n"}},
+		{"under the built-in rules, the recorded field holds; the old line of a policy replay does not know replays as unprotected",
+			builtIn, []string{"deny -> allow", "dont-touch-base-images -> (no rule)", "(line 2)", "1 would change", "1 decision stays the same under another rule"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _, err := runAudit(t, "", "audit", "replay", "--policy", tt.policy, log)
+			if err != nil {
+				t.Fatal(err)
 			}
 			for _, w := range tt.want {
 				if !strings.Contains(out, w) {

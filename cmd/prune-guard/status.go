@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -68,6 +69,11 @@ func fetchStatus(ctx context.Context, socket string) (guard.Status, error) {
 	}
 	var s guard.Status
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		if errors.As(err, new(*json.UnmarshalTypeError)) {
+			// Between installing a new binary and restarting the
+			// plugin, the running one may be of another version.
+			return guard.Status{}, fmt.Errorf("read status: %w (is the running plugin of another version? restart it after an upgrade)", err)
+		}
 		return guard.Status{}, fmt.Errorf("read status: %w", err)
 	}
 	return s, nil
@@ -179,17 +185,17 @@ func writeRuns(w io.Writer, st guard.Status, fromPlugin bool, dockerHost string)
 	case r.Error != "":
 		fmt.Fprintf(w, "  unknown: %s\n  (prune-guard denies prunes and image deletes while the run state is unknown)\n", r.Error)
 		return
-	case len(r.Active)+len(r.Ended) == 0 && r.Unseen == "":
+	case len(r.Active)+len(r.Ended) == 0 && r.Unseen == nil:
 		fmt.Fprintln(w, "  none active: dangling prunes and image deletes are allowed")
 		return
 	}
 	for _, a := range r.Active {
-		fmt.Fprintf(w, "  active: %s\n", a)
+		fmt.Fprintf(w, "  active: %s (detector %s: %s)\n", a.Run, a.Detector, a.Looks)
 	}
 	for _, e := range r.Ended {
 		fmt.Fprintf(w, "  in teardown grace: %s\n", e)
 	}
-	if r.Unseen != "" {
+	if r.Unseen != nil {
 		fmt.Fprintf(w, "  unseen: %s\n", r.Unseen)
 	}
 	if len(r.Active) > 0 {
