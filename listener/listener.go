@@ -26,6 +26,18 @@ var ErrServed = errors.New("socket is already served by another process")
 // a socket that still answers, and any path that is not a socket, are
 // refused.
 func Unix(path string, gid int) (net.Listener, error) {
+	return listen(path, gid, 0o660)
+}
+
+// OwnerOnly listens on a unix socket at path with mode 0600: only its owner
+// (root, for prune-guard) may connect. It is for sockets that hand out
+// something a local user must never get, as the control socket's reclaim
+// grants; Unix's rules for stale sockets and foreign files apply.
+func OwnerOnly(path string) (net.Listener, error) {
+	return listen(path, -1, 0o600)
+}
+
+func listen(path string, gid int, mode os.FileMode) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
@@ -35,13 +47,13 @@ func Unix(path string, gid int) (net.Listener, error) {
 	// The socket must never exist with wider permissions, not even between
 	// creation and chmod. Sockets are opened at startup, before other
 	// goroutines create files, so the process-wide umask change is safe.
-	old := syscall.Umask(0o117)
+	old := syscall.Umask(0o777 &^ int(mode))
 	l, err := net.Listen("unix", path)
 	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o660); err != nil {
+	if err := os.Chmod(path, mode); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
 	}

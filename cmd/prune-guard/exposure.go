@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/prune-guard/prune-guard/listener"
 )
 
 // In proxy mode prune-guard guards only what comes through its socket. The
@@ -131,21 +131,11 @@ func socketPeer(ctx context.Context, path string) (int, error) {
 		return 0, err
 	}
 	defer c.Close()
-	raw, err := c.(*net.UnixConn).SyscallConn()
+	p, err := listener.PeerOf(c)
 	if err != nil {
 		return 0, err
 	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if credErr != nil {
-		return 0, credErr
-	}
-	return int(cred.Pid), nil
+	return int(p.PID), nil
 }
 
 // listenAddr is an address a process listens on.
