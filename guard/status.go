@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/rules"
@@ -171,5 +172,62 @@ func (g *Guard) Handler() http.Handler {
 		_ = json.NewEncoder(w).Encode(g.Status(r.Context()))
 	})
 	mux.Handle("GET /metrics", g.MetricsHandler())
+	return mux
+}
+
+// Peer identifies the process a control socket request came from, as the
+// kernel recorded it (SO_PEERCRED).
+type Peer struct {
+	PID int32
+	UID uint32
+}
+
+// maxGrantBody bounds a grant request's body.
+const maxGrantBody = 64 << 10
+
+// ControlHandler serves the control socket: Handler's GET /status and GET
+// /metrics, and POST /reclaim/grants, which gives "prune-guard reclaim" a
+// grant for the deletes it must make while a CI job holds them (GrantRequest
+// in, GrantAnswer out). The socket is root-only; peer says who connected,
+// and a grant goes to root (UID 0) alone even so.
+func (g *Guard) ControlHandler(peer func(context.Context) (Peer, error)) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", g.Handler())
+	mux.HandleFunc("POST /reclaim/grants", func(w http.ResponseWriter, r *http.Request) {
+		p, err := peer(r.Context())
+		if err != nil || p.UID != 0 {
+			why := fmt.Sprintf("uid %d is not root", p.UID)
+			if err != nil {
+				why = "its peer credentials are unknown: " + err.Error()
+			}
+			g.audit.Event("reclaim grant refused", map[string]any{"pid": p.PID, "uid": p.UID, "reason": why})
+			http.Error(w, "prune-guard: reclaim grants are given to root only ("+why+")", http.StatusForbidden)
+			return
+		}
+		var req GrantRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxGrantBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			http.Error(w, "prune-guard: read the grant request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		ans, err := g.grants.issue(req)
+		if err != nil {
+			g.audit.Event("reclaim grant refused", map[string]any{"pid": p.PID, "uid": p.UID, "reason": err.Error()})
+			http.Error(w, "prune-guard: no grant: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		untag := make([]string, len(req.Untag))
+		for i, u := range req.Untag {
+			untag[i] = u.Ref
+		}
+		// Who asked, for what and why; never the token.
+		g.audit.Event("reclaim grant issued", map[string]any{"pid": p.PID, "images": req.Images, "untag": untag,
+			"usage": req.Usage.Percent, "critical": req.Critical, "data_root": req.Usage.DataRoot, "runs": strings.Join(req.Runs, "; "),
+			"expires": ans.Expires.UTC().Format(time.RFC3339)})
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(w).Encode(ans)
+	})
 	return mux
 }

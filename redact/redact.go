@@ -22,9 +22,11 @@ const redacted = "[REDACTED]"
 var secretKeys = []string{"password", "passwd", "secret", "token", "auth", "credential", "apikey", "api_key", "access_key", "private_key"}
 
 // tokenPattern finds strings shaped like well-known credentials anywhere:
-// JWTs (registry identity tokens), GitHub, GitLab, Slack and AWS keys, and
+// JWTs (registry identity tokens), GitHub, GitLab, Slack and AWS keys,
+// prune-guard's own reclaim grant tokens (pgg_ and 32 hex digits), and
 // basic-auth userinfo in absolute URLs.
 var tokenPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}(\.[A-Za-z0-9_-]*)?` +
+	`|pgg_[0-9a-fA-F]{16,}` +
 	`|gh[pousr]_[A-Za-z0-9]{20,}` +
 	`|github_pat_[A-Za-z0-9_]{20,}` +
 	`|glpat-[A-Za-z0-9_-]{20,}` +

@@ -18,6 +18,7 @@ func TestStringRemovesCredentials(t *testing.T) {
 		{"GitHub token", "/images/ghp_0123456789abcdefghijABCDEFGHIJ", "ghp_0123456789abcdefghijABCDEFGHIJ"},
 		{"AWS key", "key AKIAABCDEFGHIJKLMNOP in a message", "AKIAABCDEFGHIJKLMNOP"},
 		{"bearer header text", "Authorization: Bearer abc.def.ghi-123", "abc.def.ghi-123"},
+		{"reclaim grant token", "X-Prune-Guard-Grant: pgg_0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
