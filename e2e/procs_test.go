@@ -70,7 +70,7 @@ func newServedPlugin(t testing.TB, activated bool, args ...string) *servedPlugin
 		log:  filepath.Join(t.TempDir(), "plugin.log"),
 	}
 	p.sock = filepath.Join(pluginDir, p.name+".sock")
-	p.args = append([]string{"serve", "--socket", p.sock}, args...)
+	p.args = append([]string{"serve", "--socket", p.sock}, enginetest.WithControlSocket(t, args)...)
 	if err := os.MkdirAll(pluginDir, 0o755); err != nil {
 		t.Fatal(err)
 	}

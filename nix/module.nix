@@ -252,6 +252,11 @@ in
           # (nixpkgs' docker-prune does the same).
           ExecStart = utils.escapeSystemdExecArgs [ exe "serve" "--policy" policyFile "--audit-log" cfg.auditLog ];
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          # The root-only control socket, /run/prune-guard/control.sock:
+          # status, metrics, and the grants reclaim needs to remove images
+          # during a CI job when the disk is critical.
+          RuntimeDirectory = "prune-guard";
+          RuntimeDirectoryMode = "0700";
           Restart = "on-failure";
           RestartSec = "1s";
           # In-flight calls are drained for up to 10 s on SIGTERM.

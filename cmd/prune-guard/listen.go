@@ -57,7 +57,11 @@ func listenMetrics(addr string) (net.Listener, error) {
 // serveHTTP serves h on l until ctx ends, then lets requests in flight
 // finish within drain.
 func serveHTTP(ctx context.Context, l net.Listener, h http.Handler, drain time.Duration) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	return serveServer(ctx, l, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, drain)
+}
+
+// serveServer is serveHTTP with the caller's server.
+func serveServer(ctx context.Context, l net.Listener, srv *http.Server, drain time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {

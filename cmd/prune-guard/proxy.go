@@ -27,8 +27,6 @@ const (
 	// engineSocket is the engine's own socket in proxy mode, by default: a
 	// root-only directory of dockerd's own.
 	engineSocket = "unix:///run/docker/engine.sock"
-	// controlSocket serves the proxy's status and metrics.
-	controlSocket = "/run/prune-guard/control.sock"
 )
 
 type proxyOptions struct {
@@ -69,12 +67,12 @@ passes is used instead of --listen.`,
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", clientSocket, "unix socket clients use, unless systemd passes one (socket activation)")
 	f.StringVar(&o.socketGroup, "socket-group", "docker", "group that may connect to --listen (mode 0660); root's alone if the group does not exist")
-	f.StringVar(&o.controlSocket, "control-socket", controlSocket, "unix socket (root-only) serving GET /status and GET /metrics, for 'prune-guard status'")
+	f.StringVar(&o.controlSocket, "control-socket", controlSocket, controlUsage)
 	o.guardFlags.register(f, engineSocket, "the engine's own socket, which only root should reach; requests are forwarded there and facts asked there")
 	bindEnv(cmd, append([]envVar{
 		{name: "PRUNE_GUARD_LISTEN", flag: "listen"},
 		{name: "PRUNE_GUARD_SOCKET_GROUP", flag: "socket-group"},
-		{name: "PRUNE_GUARD_CONTROL_SOCKET", flag: "control-socket"},
+		controlEnv,
 	}, guardEnv(envVar{name: "PRUNE_GUARD_DOCKER_HOST", flag: "docker-host"})...)...)
 	return cmd
 }
@@ -94,11 +92,10 @@ func runProxy(ctx context.Context, o proxyOptions) error {
 		return err
 	}
 	defer d.close()
-	ctl, err := listener.Unix(o.controlSocket, -1)
+	ctl, err := openControl(o.controlSocket)
 	if err != nil {
-		return fmt.Errorf("--control-socket: %w", err)
+		return err
 	}
-	defer os.Remove(o.controlSocket)
 	l, listening, err := o.listenClients()
 	if err != nil {
 		return err
@@ -106,15 +103,11 @@ func runProxy(ctx context.Context, o proxyOptions) error {
 	if listening == o.listen {
 		defer os.Remove(o.listen)
 	}
-	go func() {
-		if err := serveHTTP(ctx, ctl, d.g.Handler(), time.Second); err != nil {
-			d.log.WithError(err).Error("control socket stopped")
-		}
-	}()
+	ctl.serve(ctx, d)
 	go d.warnAboutEngine(ctx, o.engineTimeout)
 	d.logStart(o.guardFlags, listening)
 	p := proxy.New(proxyDecider{d.g}, proxy.Options{
-		Engine: engine, Headers: rules.ReadHeaders(), ReadsMessage: rules.GRPCReadsMessage,
+		Engine: engine, Headers: guard.ReadHeaders(), ReadsMessage: rules.GRPCReadsMessage,
 		Drain: 10 * time.Second, DialTimeout: o.engineTimeout, Log: d.log,
 	})
 	err = p.Serve(ctx, l)

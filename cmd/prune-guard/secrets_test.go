@@ -148,6 +148,10 @@ var credPlacements = []credPlacement{
 		r.RequestURI = absolute(r.RequestURI, "tcp", "ci:"+url.PathEscape(s+"@!"))
 		return []string{s}
 	}},
+	{"reclaim grant header", func(r *authorization.Request, s string) []string {
+		r.RequestHeaders[guard.GrantHeader] = "pgg_" + s
+		return []string{s}
+	}},
 	{"everywhere at once", func(r *authorization.Request, s string) []string {
 		r.RequestHeaders["Authorization"] = "Bearer " + s
 		r.RequestHeaders["X-Registry-Auth"] = registryAuth(s)
@@ -196,7 +200,7 @@ func leakCheck(t *testing.T, route credRoute, p credPlacement, secret string) {
 		log.SetLevel(logrus.DebugLevel)
 		al := audit.New(auditBuf, nil)
 		g := guard.New(cfg, runs, noNames{}, al, log)
-		h := authz.Handler(authzDecider{g}, g.Handler(), authz.Options{Headers: rules.ReadHeaders()})
+		h := authz.Handler(authzDecider{g}, g.Handler(), authz.Options{Headers: guard.ReadHeaders()})
 
 		req := authorization.Request{RequestMethod: route.method, RequestURI: route.uri, RequestHeaders: map[string]string{}, User: "ci-user"}
 		for k, v := range route.headers {
@@ -322,4 +326,63 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A reclaim grant's token is a credential: whoever holds it may delete the
+// images it names during a CI job. The control socket hands it to the
+// reclaimer and nowhere else; a delete that carries it (used, reused, or
+// for another image) is decided and audited without it.
+func TestReclaimGrantTokenIsNeverLoggedOrAudited(t *testing.T) {
+	auditBuf, logBuf := &syncBuffer{}, &syncBuffer{}
+	log := logrus.New()
+	log.SetOutput(logBuf)
+	log.SetLevel(logrus.DebugLevel)
+	cfg := policy.Default()
+	cfg.Audit = policy.AuditAll
+	runs := fixedRuns{active: []rules.Run{{Detector: "prune-guard", System: "prune-guard run", Job: "r1", Kind: rules.Container, Name: "job"}}}
+	g := guard.New(cfg, runs, noNames{}, audit.New(auditBuf, nil), log)
+	h := authz.Handler(authzDecider{g}, g.Handler(), authz.Options{Headers: guard.ReadHeaders()})
+	ctl := g.ControlHandler(func(context.Context) (guard.Peer, error) { return guard.Peer{PID: 1}, nil })
+
+	id := "sha256:" + strings.Repeat("ab", 32)
+	other := "sha256:" + strings.Repeat("cd", 32)
+	body, _ := json.Marshal(guard.GrantRequest{Images: []string{id}, Critical: 95,
+		Usage: guard.GrantUsage{DataRoot: "/var/lib/docker", Percent: 97, TotalBytes: 1 << 30, AvailBytes: 30 << 20}})
+	rec := httptest.NewRecorder()
+	ctl.ServeHTTP(rec, httptest.NewRequest("POST", "/reclaim/grants", bytes.NewReader(body)))
+	var ans guard.GrantAnswer
+	if err := json.Unmarshal(rec.Body.Bytes(), &ans); err != nil || ans.Token == "" {
+		t.Fatalf("no grant: %d %s", rec.Code, rec.Body)
+	}
+	decide := func(target string) authorization.Response {
+		req := authorization.Request{RequestMethod: "DELETE", RequestURI: "/v1.41/images/" + target, User: "root",
+			RequestHeaders: map[string]string{guard.GrantHeader: ans.Token}}
+		b, _ := json.Marshal(req)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/AuthZPlugin.AuthZReq", bytes.NewReader(b)))
+		var res authorization.Response
+		if err := json.Unmarshal(rec.Body.Bytes(), &res); err != nil {
+			t.Fatalf("plugin answered %d %s", rec.Code, rec.Body)
+		}
+		return res
+	}
+	for _, c := range []struct {
+		target string
+		allow  bool
+	}{{other, false}, {id, true}, {id, false}} {
+		if res := decide(c.target); res.Allow != c.allow {
+			t.Errorf("delete %s with the grant: allow %v (%s); want %v", c.target, res.Allow, res.Msg, c.allow)
+		}
+	}
+	status := httptest.NewRecorder()
+	h.ServeHTTP(status, httptest.NewRequest("GET", "/status", nil))
+	hex := strings.TrimPrefix(ans.Token, "pgg_")
+	for where, text := range map[string]string{"audit log": auditBuf.String(), "operational log": logBuf.String(), "status": status.Body.String()} {
+		if strings.Contains(text, hex) {
+			t.Errorf("the %s holds the grant token", where)
+		}
+	}
+	if !strings.Contains(auditBuf.String(), `"rule":"reclaim-grant"`) || !strings.Contains(auditBuf.String(), "reclaim grant issued") {
+		t.Errorf("the audit log does not show the grant and the delete it allowed:\n%s", auditBuf.String())
+	}
 }

@@ -14,13 +14,13 @@ import (
 	"github.com/prune-guard/prune-guard/authz"
 	"github.com/prune-guard/prune-guard/guard"
 	"github.com/prune-guard/prune-guard/listener"
-	"github.com/prune-guard/prune-guard/rules"
 )
 
 type serveOptions struct {
-	socket      string
-	socketGroup string
-	connPerCall bool
+	socket        string
+	socketGroup   string
+	controlSocket string
+	connPerCall   bool
 	guardFlags
 }
 
@@ -44,6 +44,12 @@ and later any authorization plugin breaks BuildKit builds whose context is the
 request body. 'prune-guard proxy' guards all of that (docs/install.md says how
 to choose).
 
+A second, root-only socket (--control-socket, mode 0600) answers GET /status,
+GET /metrics and POST /reclaim/grants: 'prune-guard reclaim' asks there for
+leave to remove the images it names while a CI job holds image deletes, when
+the disk is at or above its --critical mark (docs/cache.md). Only a root
+process gets a grant, and only the deletes it names pass with it.
+
 With no --policy the built-in default policy applies (docs/policy.md). A policy
 file is reloaded on SIGHUP and whenever its content changes; a file that does
 not load is rejected with an error in the log and the audit log, and the policy
@@ -59,9 +65,10 @@ in force stays.`,
 	f := cmd.Flags()
 	f.StringVar(&o.socket, "socket", pluginSocket, "unix socket to listen on, unless systemd passes one (socket activation); dockerd finds plugin NAME at /run/docker/plugins/NAME.sock")
 	f.StringVar(&o.socketGroup, "socket-group", "", "group that may connect to the socket (mode 0660); default: the owner's group (root)")
+	f.StringVar(&o.controlSocket, "control-socket", controlSocket, controlUsage)
 	o.guardFlags.register(f, defaultDockerHost, "engine to ask which CI runs are active and what names refer to")
 	f.BoolVar(&o.connPerCall, "conn-per-call", false, "answer every call with Connection: close, so a docker call racing a prune-guard restart never fails (costs about 20% of dockerd's API throughput)")
-	bindEnv(cmd, append([]envVar{socketEnv, {name: "PRUNE_GUARD_SOCKET_GROUP", flag: "socket-group"}}, guardEnv(dockerHostEnv)...)...)
+	bindEnv(cmd, append([]envVar{socketEnv, {name: "PRUNE_GUARD_SOCKET_GROUP", flag: "socket-group"}, controlEnv}, guardEnv(dockerHostEnv)...)...)
 	return cmd
 }
 
@@ -73,6 +80,10 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return err
 	}
 	defer d.close()
+	ctl, err := openControl(o.controlSocket)
+	if err != nil {
+		return err
+	}
 	l, listening, err := listen(o.socket, o.socketGroup, "--socket")
 	if err != nil {
 		return err
@@ -82,10 +93,11 @@ func runServe(ctx context.Context, o serveOptions) error {
 		// one belongs to systemd and must outlive this process.
 		defer os.Remove(o.socket)
 	}
+	ctl.serve(ctx, d)
 	go d.warnAboutEngine(ctx, o.engineTimeout)
 	d.logStart(o.guardFlags, listening)
 	err = authz.Serve(ctx, l, authzDecider{d.g}, d.g.Handler(), authz.Options{
-		Headers: rules.ReadHeaders(), Drain: 10 * time.Second, ConnPerCall: o.connPerCall, Log: d.log})
+		Headers: guard.ReadHeaders(), Drain: 10 * time.Second, ConnPerCall: o.connPerCall, Log: d.log})
 	d.al.Event("prune-guard stopped", nil)
 	return err
 }

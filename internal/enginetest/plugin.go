@@ -34,10 +34,11 @@ const (
 
 // Plugin is a "prune-guard serve" process started by StartPlugin.
 type Plugin struct {
-	name  string
-	sock  string
-	audit string
-	log   string
+	name    string
+	sock    string
+	control string // its control socket: status, metrics, reclaim grants
+	audit   string
+	log     string
 
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the process has exited
@@ -74,6 +75,8 @@ func StartPlugin(t testing.TB, bin string, args ...string) *Plugin {
 		t.Fatalf("enginetest: removing stale plugin socket: %v", err)
 	}
 
+	args = WithControlSocket(t, args)
+	p.control = args[slices.Index(args, "--control-socket")+1]
 	argv := append([]string{"serve", "--socket", p.sock, "--audit-log", p.audit}, WithoutGrace(args)...)
 	p.cmd = exec.Command(bin, argv...)
 	p.cmd.SysProcAttr = deathSignal(syscall.SIGKILL)
@@ -117,6 +120,28 @@ func WithoutGrace(args []string) []string {
 	}
 	return append([]string{"--run-grace", "0s"}, args...)
 }
+
+// WithControlSocket adds --control-socket with a socket of the test's own
+// to the arguments of a prune-guard serve or proxy unless they name one:
+// every process would otherwise serve the one default path, and only the
+// first would start. The path is short (unix socket paths are limited to
+// 108 bytes) and removed with the test.
+func WithControlSocket(t testing.TB, args []string) []string {
+	t.Helper()
+	if slices.Contains(args, "--control-socket") {
+		return args
+	}
+	dir, err := os.MkdirTemp("/tmp", "pgctl")
+	if err != nil {
+		t.Fatalf("enginetest: creating control socket directory: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return append([]string{"--control-socket", filepath.Join(dir, "c.sock")}, args...)
+}
+
+// ControlSocket is the plugin's control socket (root-only): GET /status,
+// GET /metrics and POST /reclaim/grants.
+func (p *Plugin) ControlSocket() string { return p.control }
 
 // StartGuarded starts a prune-guard plugin (built by BuildBinary, with
 // opts.PluginArgs) and then a private engine with it as its authorization

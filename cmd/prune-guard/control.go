@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prune-guard/prune-guard/guard"
+	"github.com/prune-guard/prune-guard/listener"
+)
+
+// controlSocket is where serve and proxy answer GET /status, GET /metrics
+// and POST /reclaim/grants, and where reclaim asks for its grants: a
+// root-only socket (0600) in a root-only place.
+const controlSocket = "/run/prune-guard/control.sock"
+
+// controlEnv sets --control-socket, for serve, proxy and reclaim alike.
+var controlEnv = envVar{name: "PRUNE_GUARD_CONTROL_SOCKET", flag: "control-socket"}
+
+// controlUsage is the flag's help for serve and proxy.
+const controlUsage = "root-only unix socket (mode 0600) serving GET /status, GET /metrics and POST /reclaim/grants, the grants 'prune-guard reclaim' needs to remove images during a CI job when the disk is critical; \"\" for none"
+
+// control is an open control socket.
+type control struct {
+	l    net.Listener
+	path string
+}
+
+// openControl listens on the control socket at path (none for ""). It is
+// opened before the guard serves, so that a path another process serves is
+// an error at start.
+func openControl(path string) (*control, error) {
+	if path == "" {
+		return nil, nil
+	}
+	l, err := listener.OwnerOnly(path)
+	if err != nil {
+		return nil, fmt.Errorf("--control-socket: %w", err)
+	}
+	return &control{l: l, path: path}, nil
+}
+
+// serve answers on the control socket until ctx ends, with every request's
+// peer credentials in its context for the grant handler's check.
+func (c *control) serve(ctx context.Context, d *decider) {
+	if c == nil {
+		return
+	}
+	srv := &http.Server{
+		Handler:           d.g.ControlHandler(controlPeer),
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       listener.WithPeer,
+	}
+	go func() {
+		defer os.Remove(c.path)
+		if err := serveServer(ctx, c.l, srv, time.Second); err != nil {
+			d.log.WithError(err).Error("control socket stopped")
+		}
+	}()
+}
+
+// controlPeer is the guard's view of a control request's peer.
+func controlPeer(ctx context.Context) (guard.Peer, error) {
+	p, err := listener.PeerFrom(ctx)
+	return guard.Peer{PID: p.PID, UID: p.UID}, err
+}
