@@ -33,7 +33,7 @@ func (d Detector) Match(o Object) (Run, bool) {
 	if !ok {
 		return Run{}, false
 	}
-	return Run{Detector: d.Name, System: d.System, Job: job, Kind: o.Kind, Name: o.Name, ID: o.ID, Labels: o.Labels}, true
+	return Run{Detector: d.Name, System: d.System, Job: job, Kind: o.Kind, Name: o.Name, ID: o.ID, Labels: o.Labels, Image: o.Image}, true
 }
 
 // Selector is an operator's own way of recognising a job. Exactly one of

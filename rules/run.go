@@ -62,6 +62,10 @@ type Object struct {
 	Env map[string]string
 	// Exe is a process's executable path, when it could be read.
 	Exe string
+	// Image is a container's image: its ID as the engine lists it, or
+	// the name it was created with as its events carry it; "" for
+	// services and processes.
+	Image string
 }
 
 // Run is one object that marks a CI job as active: a container, service or
@@ -81,6 +85,9 @@ type Run struct {
 	// Labels are the object's labels, kept so that a prune's label scope
 	// can be checked against the job's objects.
 	Labels map[string]string
+	// Image is a container's image (Object.Image), so that reclaim can
+	// spare the images of jobs that ended within the teardown grace.
+	Image string
 	// Ended is when the object was last seen or went away; zero while it
 	// is still there.
 	Ended time.Time

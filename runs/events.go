@@ -180,7 +180,7 @@ func decode(m events.Message) (rules.Object, evKind) {
 			return rules.Object{}, evIgnored
 		}
 		labels := m.Actor.Attributes
-		name := labels["name"]
+		name, image := labels["name"], labels["image"]
 		// The message is ours: strip what is not a label in place.
 		for _, k := range [...]string{"name", "image", "exitCode", "signal"} {
 			delete(labels, k)
@@ -188,7 +188,7 @@ func decode(m events.Message) (rules.Object, evKind) {
 		if labels == nil {
 			labels = map[string]string{}
 		}
-		return rules.Object{Kind: rules.Container, ID: m.Actor.ID, Name: name, Labels: labels}, what
+		return rules.Object{Kind: rules.Container, ID: m.Actor.ID, Name: name, Labels: labels, Image: image}, what
 	case events.ServiceEventType:
 		if m.Action != events.ActionRemove || m.Actor.ID == "" {
 			return rules.Object{}, evIgnored

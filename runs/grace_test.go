@@ -362,6 +362,29 @@ func TestMemoryStaysBoundedUnderABurstOfEndedJobs(t *testing.T) {
 	}
 }
 
+// A job that ended keeps the image its container was listed with (an ID),
+// not the name its events carry, which may since name another image; an
+// object known only from its events keeps the name.
+func TestEndedRunsCarryTheirContainersImage(t *testing.T) {
+	m := newMemory()
+	listed := rules.Object{Kind: rules.Container, ID: "c1", Name: "job-1", Labels: map[string]string{rules.DefaultRunLabel: "j1"}, Image: "sha256:aaa"}
+	m.present(listed, epoch, epoch)
+	ev, _ := decode(containerEvent(events.ActionDie, "c1", "j1", epoch.Add(time.Second)))
+	m.ended(ev, epoch.Add(time.Second), epoch.Add(time.Second), false)
+	ev2, _ := decode(containerEvent(events.ActionDie, "c2", "j2", epoch.Add(time.Second)))
+	m.ended(ev2, epoch.Add(time.Second), epoch.Add(time.Second), false)
+	d := detection(t, rules.DefaultRunLabel)
+	d.Grace = time.Minute
+	ended, _ := m.endedRuns(d, epoch.Add(2*time.Second), nil, nil)
+	got := map[string]string{}
+	for _, r := range ended {
+		got[r.ID] = r.Image
+	}
+	if got["c1"] != "sha256:aaa" || got["c2"] != "alpine:3" {
+		t.Errorf("ended runs' images %v; want c1 by its listed ID, c2 by its event's name", got)
+	}
+}
+
 func TestDecodeKeepsOnlyLabelsOfContainerEvents(t *testing.T) {
 	tests := []struct {
 		name string
@@ -370,9 +393,9 @@ func TestDecodeKeepsOnlyLabelsOfContainerEvents(t *testing.T) {
 		want rules.Object
 	}{
 		{"die", containerEvent(events.ActionDie, "c1", "j", epoch), evDied,
-			rules.Object{Kind: rules.Container, ID: "c1", Name: "c1-name", Labels: map[string]string{rules.DefaultRunLabel: "j"}}},
+			rules.Object{Kind: rules.Container, ID: "c1", Name: "c1-name", Labels: map[string]string{rules.DefaultRunLabel: "j"}, Image: "alpine:3"}},
 		{"start", containerEvent(events.ActionStart, "c1", "", epoch), evStarted,
-			rules.Object{Kind: rules.Container, ID: "c1", Name: "c1-name", Labels: map[string]string{}}},
+			rules.Object{Kind: rules.Container, ID: "c1", Name: "c1-name", Labels: map[string]string{}, Image: "alpine:3"}},
 		{"exec_die is not the container's", containerEvent("exec_die", "c1", "j", epoch), evIgnored, rules.Object{}},
 		{"no actor", events.Message{Type: events.ContainerEventType, Action: events.ActionDie}, evIgnored, rules.Object{}},
 		{"service removal", events.Message{Type: events.ServiceEventType, Action: events.ActionRemove,

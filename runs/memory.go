@@ -3,6 +3,7 @@ package runs
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prune-guard/prune-guard/rules"
@@ -66,8 +67,19 @@ func (m *memory) present(o rules.Object, t time.Time, now time.Time) {
 	if t.Before(e.seen) || (!e.gone.IsZero() && t.Before(e.gone)) {
 		return
 	}
+	o.Image = keepImage(e.obj.Image, o.Image)
 	e.obj, e.seen, e.gone, e.precise = o, t, time.Time{}, false
 	e.unlabelled = false
+}
+
+// keepImage chooses what an object's image is known as: the engine's ID
+// (from a listing) over the name an event carries, which may have moved
+// to another image since the container was created.
+func keepImage(known, next string) string {
+	if next == "" || strings.HasPrefix(known, "sha256:") && !strings.HasPrefix(next, "sha256:") {
+		return known
+	}
+	return next
 }
 
 // ended records that the object went at t, as an engine event dated it. o
@@ -88,6 +100,7 @@ func (m *memory) ended(o rules.Object, t, now time.Time, unlabelled bool) {
 		return
 	default:
 		if o.Labels != nil || e.obj.Name == "" {
+			o.Image = keepImage(e.obj.Image, o.Image)
 			e.obj, e.unlabelled = o, unlabelled
 		}
 	}

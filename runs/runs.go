@@ -228,7 +228,7 @@ func (t *Tracker) containers(ctx context.Context, d rules.Detection) ([]rules.Ob
 		if len(c.Names) > 0 {
 			name = strings.TrimPrefix(c.Names[0], "/")
 		}
-		o := rules.Object{Kind: rules.Container, ID: c.ID, Name: name, Labels: c.Labels}
+		o := rules.Object{Kind: rules.Container, ID: c.ID, Name: name, Labels: c.Labels, Image: c.ImageID}
 		if _, ok := d.Match(o); ok {
 			out = append(out, o)
 		}
