@@ -23,14 +23,16 @@ var (
 // then a unique ID prefix.
 type Index struct {
 	ids  []string
+	full map[string]bool   // the IDs, for an exact match
 	refs map[string]string // normalized reference → ID
 }
 
 // NewIndex indexes the images' IDs and references.
 func NewIndex(images []Image) *Index {
-	x := &Index{refs: map[string]string{}}
+	x := &Index{refs: map[string]string{}, full: map[string]bool{}}
 	for _, im := range images {
 		x.ids = append(x.ids, im.ID)
+		x.full[im.ID] = true
 		for _, r := range im.Refs() {
 			if n, ok := normalize(r); ok {
 				x.refs[n] = im.ID
@@ -44,6 +46,9 @@ func NewIndex(images []Image) *Index {
 func (x *Index) Resolve(name string) (string, bool) {
 	if name == "" {
 		return "", false
+	}
+	if x.full[name] {
+		return name, true
 	}
 	if n, ok := normalize(name); ok {
 		if id, ok := x.refs[n]; ok {

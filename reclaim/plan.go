@@ -3,10 +3,11 @@ package reclaim
 import (
 	"cmp"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/distribution/reference"
 
 	"github.com/prune-guard/prune-guard/rules"
 )
@@ -77,6 +78,9 @@ type Usage struct {
 	Path  string // the engine's data root
 	Total uint64 // bytes
 	Avail uint64 // bytes an unprivileged writer can still use
+	// Inodes and FreeInodes count the filesystem's inodes; 0 when it
+	// does not count them (btrfs).
+	Inodes, FreeInodes uint64
 }
 
 // Percent is the used share of the filesystem: 100 × (total − available) /
@@ -94,11 +98,26 @@ type Options struct {
 	// High is the usage percentage at or above which reclaim acts; Low is
 	// the one it frees down to.
 	High, Low float64
+	// Critical is the usage percentage at or above which reclaim acts even
+	// while CI jobs hold image deletes (running, or in their teardown
+	// grace), sparing their images; 0 turns it off. Between High and
+	// Critical it waits for the jobs.
+	Critical float64
+	// MinFree makes reclaim act when fewer bytes than this are available,
+	// and TargetFree (MinFree when 0) is what a pass frees up to, beside
+	// Low; 0 turns each off.
+	MinFree, TargetFree int64
+	// MinFreeInodes makes reclaim act when fewer inodes than this are
+	// free, and free until at least this many are; 0 turns it off.
+	MinFreeInodes uint64
 	// MinAge keeps images first seen or last used less than this long ago.
 	MinAge time.Duration
 	// MaxUnused, when positive, removes images unused for longer than this
 	// even without disk pressure.
 	MaxUnused time.Duration
+	// KeepPerRepo, when positive, keeps the N most recently used tags of
+	// each repository.
+	KeepPerRepo int
 	// Protect names the images that are never removed.
 	Protect rules.Protection
 }
@@ -117,8 +136,12 @@ type Facts struct {
 	Runs rules.RunState
 	// Acting is set when re-planning within a pass that started under
 	// pressure: a pass acts from High down to Low, so it stays under
-	// pressure until usage is at or below Low.
+	// pressure until every target is met.
 	Acting bool
+	// CriticalPass is set when re-planning within a pass that started at
+	// or above Critical during a CI job: it frees to its targets during
+	// the job, as the first plan did.
+	CriticalPass bool
 }
 
 // Plan is what reclaim will do, in order, and why.
@@ -128,11 +151,22 @@ type Plan struct {
 	High, Low float64
 	// Refused says why nothing may be removed now ("" if something may).
 	Refused string
-	// Pressure is whether usage is at or above High, or, within a pass
-	// that is already acting, above Low.
+	// Waiting is set when, under pressure but below Critical, CI jobs
+	// hold image deletes: reclaim waits for them (Refused says so).
+	Waiting bool
+	// Trigger says why acting is due ("" when nothing triggers it: no
+	// pressure, or a pass already acting).
+	Trigger string
+	// Pressure is whether a target triggers acting (Trigger), or, within a
+	// pass that is already acting, whether a target is still unmet.
 	Pressure bool
-	// Need is how many bytes must be freed to bring usage to Low; 0
-	// without pressure.
+	// Critical is set when the plan acts at or above the critical mark
+	// while CI jobs hold image deletes; Held are those jobs, whose images
+	// the plan keeps. Its deletes need the guard's grant.
+	Critical bool
+	Held     rules.RunState
+	// Need is how many bytes must be freed to bring usage to Low and the
+	// free space to the target; 0 without pressure.
 	Need int64
 	// Steps are the removable images in the order they are removed:
 	// dangling first, then least recently used, children before parents.
@@ -141,7 +175,18 @@ type Plan struct {
 	Steps []Step
 	// Keep are the images that stay whatever the pressure, and why.
 	Keep []Kept
+
+	opts Options
+	// startedPercent is the usage the pass started from, which a critical
+	// pass's grants cite.
+	startedPercent float64
 }
+
+// Options returns the options the plan was made under.
+func (p *Plan) Options() Options { return p.opts }
+
+// Satisfied reports whether u meets every target the plan frees up to.
+func (p *Plan) Satisfied(u Usage) bool { return p.opts.Satisfied(u) }
 
 // Step is one image reclaim may remove.
 type Step struct {
@@ -172,9 +217,35 @@ type Step struct {
 
 // Kept is an image that stays, and why.
 type Kept struct {
-	Image Image
-	Why   string
+	Image  Image
+	Why    string
+	Reason KeepReason
 }
+
+// KeepReason is why an image stays, as a figure counts it.
+type KeepReason string
+
+// The reasons an image stays.
+const (
+	// KeepInUse: a container, in any state, uses it or an image built on
+	// it.
+	KeepInUse KeepReason = "in-use"
+	// KeepBase: a listed image built on it stays.
+	KeepBase KeepReason = "base"
+	// KeepJob: at or above --critical, a CI job that holds image deletes
+	// uses it, or it was used within the teardown grace.
+	KeepJob KeepReason = "job"
+	// KeepProtected: the policy's protect settings name it.
+	KeepProtected KeepReason = "protected"
+	// KeepPerRepo: it carries one of its repository's N most recently
+	// used tags.
+	KeepPerRepo KeepReason = "keep-per-repo"
+	// KeepYoung: first seen or last used within --min-age.
+	KeepYoung KeepReason = "min-age"
+)
+
+// KeepReasons lists every KeepReason, for figures that count them.
+var KeepReasons = []KeepReason{KeepInUse, KeepBase, KeepJob, KeepProtected, KeepPerRepo, KeepYoung}
 
 // Planned reports the bytes the forced and needed steps should free.
 func (p Plan) Planned() int64 {
@@ -194,49 +265,33 @@ type node struct {
 	children []*node
 	top      bool // listed by "docker images": tagged, or without children
 
-	state    int // 0 unvisited, 1 visiting, 2 done
-	last     time.Time
-	lastNote string // what last is: "first seen", "last used", ...
-	keep     string // why it must stay; "" if it may go
+	lastState int // computeLast: 0 unvisited, 1 visiting, 2 done
+	state     int // visit: 0 unvisited, 1 visiting, 2 done
+	last      time.Time
+	lastNote  string // what last is: "first seen", "last used", ...
+	keep      string // why it must stay; "" if it may go
+	reason    KeepReason
+	perRepo   string // why --keep-per-repo keeps it, if it does
 }
 
-// NewPlan decides which images to remove, in which order. It is pure: the
+// NewPlan decides which images to remove, in order. It is pure: the
 // same facts and options always give the same plan.
 func NewPlan(f Facts, o Options) Plan {
-	p := Plan{Now: f.Now, Usage: f.Usage, High: o.High, Low: o.Low}
-	p.Pressure = f.Usage.Total > 0 && (f.Usage.Percent() >= o.High || f.Acting && f.Usage.Percent() > o.Low)
+	p := Plan{Now: f.Now, Usage: f.Usage, High: o.High, Low: o.Low, opts: o}
+	p.Trigger = o.trigger(f.Usage)
+	p.Pressure = f.Usage.Total > 0 && (p.Trigger != "" || f.Acting && !o.Satisfied(f.Usage))
 	if p.Pressure {
-		want := uint64(math.Ceil(float64(f.Usage.Total) * (100 - o.Low) / 100))
-		if want > f.Usage.Avail {
-			p.Need = int64(want - f.Usage.Avail)
-		}
+		p.Need = o.need(f.Usage)
 	}
 	if !p.Pressure && o.MaxUnused <= 0 {
 		return p // nothing is due, so a run has nothing to refuse
 	}
-	if f.Runs.Err != nil {
-		p.Refused = fmt.Sprintf("the CI run state is unknown (%v); nothing is removed until the engine answers", f.Runs.Err)
-		return p
-	}
-	// Removing an image is an image delete: it waits for the same jobs,
-	// teardown grace included, as the plugin makes a delete wait.
-	if held := f.Runs.Holding(rules.Classification{Op: rules.OpImageDelete}, false); held.Holds() {
-		p.Refused = "a CI job holds image deletes: " + rules.HoldReason(held) + "; nothing is removed until it ends"
+	if p.refuseForRuns(f, o) {
 		return p
 	}
 
-	g := newGraph(f, o)
-	var eligible []*node
-	for _, n := range g.tops {
-		g.visit(n)
-		if n.keep != "" {
-			p.Keep = append(p.Keep, Kept{Image: *n.img, Why: n.keep})
-			continue
-		}
-		eligible = append(eligible, n)
-	}
-	slices.SortFunc(p.Keep, func(a, b Kept) int { return cmp.Compare(a.Image.Name(), b.Image.Name()) })
-
+	g := newGraph(f, o, &p)
+	eligible := g.decide(&p)
 	var est int64
 	for _, n := range g.order(eligible) {
 		s := Step{
@@ -247,7 +302,8 @@ func NewPlan(f Facts, o Options) Plan {
 		}
 		s.Intermediates = g.intermediates(n)
 		unused := f.Now.Sub(n.last)
-		s.Forced = o.MaxUnused > 0 && unused > o.MaxUnused
+		// During a job, only the disk's state justifies a removal.
+		s.Forced = !p.Critical && o.MaxUnused > 0 && unused > o.MaxUnused
 		s.Needed = p.Pressure && !s.Forced && est < p.Need
 		if !s.Forced && !p.Pressure {
 			continue // eligible, but nothing asks for it
@@ -255,13 +311,63 @@ func NewPlan(f Facts, o Options) Plan {
 		if s.Forced || s.Needed {
 			est += s.Estimate
 		}
-		s.Why = stepWhy(s, n, unused, o)
+		s.Why = stepWhy(s, n, unused, &p)
 		p.Steps = append(p.Steps, s)
 	}
 	return p
 }
 
-func stepWhy(s Step, n *node, unused time.Duration, o Options) string {
+// refuseForRuns decides what CI jobs mean for the plan, and reports whether
+// nothing may be removed. Removing an image is an image delete: it waits
+// for the same jobs, teardown grace included, as the plugin makes a delete
+// wait; at or above the critical mark it goes ahead, sparing their images.
+// An unknown run state refuses, critical or not.
+func (p *Plan) refuseForRuns(f Facts, o Options) bool {
+	if f.Runs.Err != nil {
+		p.Refused = fmt.Sprintf("the CI run state is unknown (%v); nothing is removed until the engine answers", f.Runs.Err)
+		return true
+	}
+	held := f.Runs.Holding(rules.Classification{Op: rules.OpImageDelete}, false)
+	if !held.Holds() {
+		return false
+	}
+	if p.Pressure && o.Critical > 0 && (o.critical(f.Usage) || f.CriticalPass) {
+		p.Critical, p.Held = true, held
+		return false
+	}
+	p.Refused = "a CI job holds image deletes: " + rules.HoldReason(held) + "; nothing is removed until it ends"
+	if p.Pressure {
+		p.Waiting = true
+		if o.Critical > 0 {
+			p.Refused += fmt.Sprintf(" (%.1f%% used is below --critical %g%%, so reclaim waits for the jobs)", f.Usage.Percent(), o.Critical)
+		} else {
+			p.Refused += " (--critical is off, so reclaim waits for the jobs)"
+		}
+	}
+	return true
+}
+
+// decide fills the plan's kept images and returns the listed images that
+// may go.
+func (g *graph) decide(p *Plan) []*node {
+	for _, n := range g.tops {
+		g.computeLast(n)
+	}
+	g.markPerRepo()
+	var eligible []*node
+	for _, n := range g.tops {
+		g.visit(n)
+		if n.keep != "" {
+			p.Keep = append(p.Keep, Kept{Image: *n.img, Why: n.keep, Reason: n.reason})
+			continue
+		}
+		eligible = append(eligible, n)
+	}
+	slices.SortFunc(p.Keep, func(a, b Kept) int { return cmp.Compare(a.Image.Name(), b.Image.Name()) })
+	return eligible
+}
+
+func stepWhy(s Step, n *node, unused time.Duration, p *Plan) string {
 	var why string
 	if s.Dangling {
 		why = "dangling"
@@ -270,7 +376,10 @@ func stepWhy(s Step, n *node, unused time.Duration, o Options) string {
 	}
 	why += fmt.Sprintf(", %s %s ago", n.lastNote, roundAge(unused))
 	if s.Forced {
-		why += fmt.Sprintf(", unused for longer than --max-unused %s", o.MaxUnused)
+		why += fmt.Sprintf(", unused for longer than --max-unused %s", p.opts.MaxUnused)
+	}
+	if p.Critical {
+		why += fmt.Sprintf(", during a CI job at or above --critical %g%%", p.opts.Critical)
 	}
 	return why
 }
@@ -281,10 +390,18 @@ type graph struct {
 	nodes map[string]*node
 	tops  []*node
 	users map[string]Container // image ID → a container using it
+	// jobs are the images of the CI jobs a critical plan acts during, and
+	// why each stays; grace is their teardown grace, within which a use
+	// keeps an image too.
+	jobs  map[string]string
+	grace time.Duration
 }
 
-func newGraph(f Facts, o Options) *graph {
+func newGraph(f Facts, o Options, p *Plan) *graph {
 	g := &graph{f: f, o: o, nodes: make(map[string]*node, len(f.Images)), users: map[string]Container{}}
+	if p.Critical {
+		g.jobs, g.grace = jobImages(p.Held, f.Images), p.Held.Grace
+	}
 	for i := range f.Images {
 		im := &f.Images[i]
 		if _, dup := g.nodes[im.ID]; dup || im.ID == "" {
@@ -318,14 +435,14 @@ func newGraph(f Facts, o Options) *graph {
 	return g
 }
 
-// visit computes n.last and n.keep from n and everything built on it.
-func (g *graph) visit(n *node) {
-	if n.state != 0 {
+// computeLast sets n.last: the latest first sighting or use of n or of any
+// image built on it.
+func (g *graph) computeLast(n *node) {
+	if n.lastState != 0 {
 		return // done, or a cycle a sane engine never reports
 	}
-	n.state = 1
-	defer func() { n.state = 2 }()
-
+	n.lastState = 1
+	defer func() { n.lastState = 2 }()
 	rec, ok := g.f.Records[n.img.ID]
 	switch {
 	case ok && !rec.LastUsed.IsZero() && rec.LastUsed.After(rec.FirstSeen):
@@ -337,45 +454,128 @@ func (g *graph) visit(n *node) {
 		// says nothing about when this host got it.
 		n.last, n.lastNote = g.f.Now, "first seen"
 	}
-	var blocker *node
 	for _, c := range n.children {
-		g.visit(c)
+		g.computeLast(c)
 		if c.last.After(n.last) {
 			n.last, n.lastNote = c.last, "an image built on it "+strings.TrimPrefix(c.lastNote, "an image built on it ")
 		}
+	}
+}
+
+// visit sets n.keep (and its reason) from n and everything built on it.
+func (g *graph) visit(n *node) {
+	if n.state != 0 {
+		return // done, or a cycle a sane engine never reports
+	}
+	n.state = 1
+	defer func() { n.state = 2 }()
+	var blocker *node
+	for _, c := range n.children {
+		g.visit(c)
 		if blocker == nil && c.keep != "" {
 			blocker = c
 		}
 	}
+	n.keep, n.reason = g.keepWhy(n, blocker)
+}
 
-	// An intermediate image is never listed, so its reason is worded for
-	// the listed image it passes it to.
+// keepWhy says why n stays ("" if it may go), given the first image built
+// on it that stays. An intermediate image is never listed, so its reason is
+// worded for the listed image it passes it to.
+func (g *graph) keepWhy(n, blocker *node) (string, KeepReason) {
 	if c, ok := g.users[n.img.ID]; ok {
 		if n.top {
-			n.keep = fmt.Sprintf("used by container %s (%s)", containerName(c), c.State)
-		} else {
-			n.keep = fmt.Sprintf("container %s (%s) uses an image built on it", containerName(c), c.State)
+			return fmt.Sprintf("used by container %s (%s)", containerName(c), c.State), KeepInUse
 		}
-		return
+		return fmt.Sprintf("container %s (%s) uses an image built on it", containerName(c), c.State), KeepInUse
+	}
+	if why, ok := g.jobs[n.img.ID]; ok {
+		return why, KeepJob
 	}
 	if blocker != nil {
 		if blocker.top {
-			n.keep = fmt.Sprintf("%s is built on it and stays", blocker.img.Name())
-		} else {
-			n.keep = blocker.keep
+			return fmt.Sprintf("%s is built on it and stays", blocker.img.Name()), KeepBase
 		}
-		return
+		return blocker.keep, blocker.reason
 	}
 	if !n.top {
-		return
+		return "", ""
 	}
 	if ok, why := g.o.Protect.Image(n.img.Refs(), n.img.Labels); ok {
-		n.keep = "protected: " + why
+		return "protected: " + why, KeepProtected
+	}
+	if n.perRepo != "" {
+		return n.perRepo, KeepPerRepo
+	}
+	age := g.f.Now.Sub(n.last)
+	if age < g.o.MinAge {
+		return fmt.Sprintf("%s %s ago, under --min-age %s", n.lastNote, roundAge(age), g.o.MinAge), KeepYoung
+	}
+	if g.jobs != nil && age < g.grace {
+		return fmt.Sprintf("%s %s ago, within the teardown grace %s of the CI jobs reclaim acts during", n.lastNote, roundAge(age), g.grace), KeepJob
+	}
+	return "", ""
+}
+
+// markPerRepo marks the listed images that carry one of the KeepPerRepo
+// most recently used tags of their repository (by the image's last use,
+// ties by tag). Every tag counts, whatever else keeps its image.
+func (g *graph) markPerRepo() {
+	if g.o.KeepPerRepo <= 0 {
 		return
 	}
-	if age := g.f.Now.Sub(n.last); age < g.o.MinAge {
-		n.keep = fmt.Sprintf("%s %s ago, under --min-age %s", n.lastNote, roundAge(age), g.o.MinAge)
+	type tagged struct {
+		repo, tag string
+		n         *node
 	}
+	var all []tagged
+	for _, n := range g.tops {
+		for _, t := range n.img.RepoTags {
+			named, err := reference.ParseNormalizedNamed(t)
+			if err != nil || t == "<none>:<none>" {
+				continue
+			}
+			all = append(all, tagged{repo: reference.FamiliarName(named), tag: t, n: n})
+		}
+	}
+	slices.SortFunc(all, func(a, b tagged) int {
+		if c := cmp.Compare(a.repo, b.repo); c != 0 {
+			return c
+		}
+		if c := b.n.last.Compare(a.n.last); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.tag, b.tag)
+	})
+	rank := map[string]int{}
+	for _, t := range all {
+		rank[t.repo]++
+		if rank[t.repo] <= g.o.KeepPerRepo && t.n.perRepo == "" {
+			t.n.perRepo = fmt.Sprintf("%s is one of the %d most recently used tags of %s (--keep-per-repo)", t.tag, g.o.KeepPerRepo, t.repo)
+		}
+	}
+}
+
+// jobImages are the images of the jobs that hold image deletes, by ID, and
+// why each stays: a live job's container may be gone already (its image
+// is then used by no container), and a job in its teardown grace has
+// removed its containers.
+func jobImages(held rules.RunState, images []Image) map[string]string {
+	x := NewIndex(images)
+	m := map[string]string{}
+	for _, r := range held.Active {
+		if id, ok := x.Resolve(r.Image); ok {
+			m[id] = "image of active " + r.String() + " (reclaim acts during the job, at or above --critical)"
+		}
+	}
+	for _, r := range held.Ended {
+		if id, ok := x.Resolve(r.Image); ok {
+			if _, live := m[id]; !live {
+				m[id] = fmt.Sprintf("image of %s, in its teardown grace until %s", r.String(), r.Ended.Add(held.Grace).UTC().Format("15:04:05 UTC"))
+			}
+		}
+	}
+	return m
 }
 
 func containerName(c Container) string {
