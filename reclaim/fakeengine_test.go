@@ -14,6 +14,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	"github.com/moby/moby/api/types/build"
 	mobycontainer "github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/events"
 	mobyimage "github.com/moby/moby/api/types/image"
@@ -49,6 +50,10 @@ type fakeEngine struct {
 	activeErr  error // answer to the run tracker's container listing
 	removeErr  error // answer to every removal, when set
 	calls      []string
+	// The build cache: records whose bytes count as used on the disk,
+	// and the API version the client negotiated.
+	cache      []fakeCacheRecord
+	apiVersion string
 
 	// before runs before each removal is handled, deleted after each image
 	// a removal deleted; both outside the lock, so they may change the
@@ -63,6 +68,14 @@ type fakeImage struct {
 	Labels        map[string]string
 	Size          int64 // as listed: layers shared with the parent included
 	Disk          int64 // bytes its deletion frees; Size if 0
+}
+
+// fakeCacheRecord is a build cache record; an image shares a Shared one.
+type fakeCacheRecord struct {
+	ID       string
+	Size     int64
+	Shared   bool
+	LastUsed time.Time
 }
 
 type fakeContainer struct {
@@ -179,6 +192,11 @@ func (f *fakeEngine) measure(path string) (Usage, error) {
 	used := f.base
 	for _, im := range f.images {
 		used += uint64(im.disk())
+	}
+	for _, c := range f.cache {
+		if !c.Shared {
+			used += uint64(c.Size)
+		}
 	}
 	return Usage{Path: path, Total: f.total, Avail: f.total - min(used, f.total)}, nil
 }
@@ -328,8 +346,12 @@ func parseStamp(t *testing.T, s string) time.Time {
 	return time.Unix(a, b)
 }
 
-// ImageRemove removes a name or deletes an image, as dockerd does.
-func (f *fakeEngine) ImageRemove(_ context.Context, name string, opts client.ImageRemoveOptions) (client.ImageRemoveResult, error) {
+// grantKey carries a test grant in a removal's context (fakeGranter).
+type grantKey struct{}
+
+// ImageRemove removes a name or deletes an image, as dockerd does. A
+// removal sent with a grant records it (" grant=N").
+func (f *fakeEngine) ImageRemove(ctx context.Context, name string, opts client.ImageRemoveOptions) (client.ImageRemoveResult, error) {
 	if f.before != nil {
 		f.before(name)
 	}
@@ -340,6 +362,9 @@ func (f *fakeEngine) ImageRemove(_ context.Context, name string, opts client.Ima
 	}
 	if opts.Force {
 		call += " force"
+	}
+	if g, ok := ctx.Value(grantKey{}).(int); ok {
+		call += fmt.Sprintf(" grant=%d", g)
 	}
 	f.record("%s", call)
 	res, gone, err := f.removeLocked(name, opts)
@@ -534,3 +559,58 @@ func conflict(format string, args ...any) error {
 }
 
 var errEngineDown = errors.New("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?")
+
+// ClientVersion is the API version the fake's client negotiated: 1.41
+// unless a test sets another.
+func (f *fakeEngine) ClientVersion() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.apiVersion == "" {
+		return "1.41"
+	}
+	return f.apiVersion
+}
+
+// DiskUsage answers with the build cache's records.
+func (f *fakeEngine) DiskUsage(_ context.Context, opts client.DiskUsageOptions) (client.DiskUsageResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("df build-cache=%v verbose=%v", opts.BuildCache, opts.Verbose)
+	var res client.DiskUsageResult
+	for _, c := range f.cache {
+		res.BuildCache.Items = append(res.BuildCache.Items, build.CacheRecord{ID: c.ID, Size: c.Size, Shared: c.Shared})
+	}
+	return res, nil
+}
+
+// BuildCachePrune prunes as BuildKit's cache manager does with a budget:
+// the least recently used records no image shares, until the unshared
+// total is under it. The budget is keep-storage (ReservedSpace, as the
+// client sends it below API 1.48) or max(MaxUsedSpace, ReservedSpace).
+func (f *fakeEngine) BuildCachePrune(_ context.Context, opts client.BuildCachePruneOptions) (client.BuildCachePruneResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	keep := max(opts.MaxUsedSpace, opts.ReservedSpace)
+	f.record("build-prune all=%v reserved=%d max-used=%d", opts.All, opts.ReservedSpace, opts.MaxUsedSpace)
+	if opts.All || keep == 0 {
+		f.t.Errorf("a build prune without a budget, or with all: %+v", opts)
+	}
+	var total int64
+	for _, c := range f.cache {
+		if !c.Shared {
+			total += c.Size
+		}
+	}
+	slices.SortFunc(f.cache, func(a, b fakeCacheRecord) int { return a.LastUsed.Compare(b.LastUsed) })
+	var res client.BuildCachePruneResult
+	f.cache = slices.DeleteFunc(f.cache, func(c fakeCacheRecord) bool {
+		if c.Shared || total <= keep {
+			return false
+		}
+		total -= c.Size
+		res.Report.CachesDeleted = append(res.Report.CachesDeleted, c.ID)
+		res.Report.SpaceReclaimed += uint64(c.Size)
+		return true
+	})
+	return res, nil
+}

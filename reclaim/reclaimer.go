@@ -34,6 +34,13 @@ type Config struct {
 	EngineTimeout time.Duration
 	// Out receives the human-readable report.
 	Out io.Writer
+	// BuildCacheMax keeps BuildKit's cache at or under this many bytes on
+	// every pass, through dockerd's budgeted build prune; 0 turns it off.
+	BuildCacheMax int64
+	// Grants gets the guard's leave for the deletes a critical plan makes
+	// while CI jobs hold them; nil when there is no guard to ask (such a
+	// pass stops and says so).
+	Grants Granter
 }
 
 // maxPending bounds the events --watch holds between passes.
@@ -47,6 +54,11 @@ type Engine interface {
 	ImageList(ctx context.Context, options client.ImageListOptions) (client.ImageListResult, error)
 	ImageRemove(ctx context.Context, image string, options client.ImageRemoveOptions) (client.ImageRemoveResult, error)
 	Info(ctx context.Context, options client.InfoOptions) (client.SystemInfoResult, error)
+	// The build cache's size and its budgeted prune; ClientVersion is
+	// the API version negotiated, which names the budget's parameter.
+	DiskUsage(ctx context.Context, options client.DiskUsageOptions) (client.DiskUsageResult, error)
+	BuildCachePrune(ctx context.Context, options client.BuildCachePruneOptions) (client.BuildCachePruneResult, error)
+	ClientVersion() string
 }
 
 // Reclaimer runs reclaim passes against one engine.
@@ -61,7 +73,12 @@ type Reclaimer struct {
 	mu      sync.Mutex
 	pending []eventstream.Event // watch mode: received, not yet applied
 	horizon time.Time           // watch mode: events before this are received
+
+	totals totals
 }
+
+// Totals are the figures of every pass so far.
+func (r *Reclaimer) Totals() Totals { return r.totals.get() }
 
 // New returns a Reclaimer that asks e and audits to al.
 func New(cfg Config, e Engine, al *audit.Log) (*Reclaimer, error) {
@@ -76,23 +93,14 @@ func New(cfg Config, e Engine, al *audit.Log) (*Reclaimer, error) {
 
 func (cfg Config) validate() error {
 	switch {
-	case !(cfg.Low >= 0 && cfg.Low < cfg.High && cfg.High <= 100):
-		return fmt.Errorf("want 0 <= low < high <= 100, have low %g and high %g", cfg.Low, cfg.High)
-	case cfg.MinAge < 0:
-		return errors.New("the minimum age must not be negative")
-	case cfg.MaxUnused < 0:
-		return errors.New("the maximum unused time must not be negative")
-	case cfg.MaxUnused > 0 && cfg.MaxUnused < cfg.MinAge:
-		return fmt.Errorf("the maximum unused time %s is shorter than the minimum age %s: images that young are never removed", cfg.MaxUnused, cfg.MinAge)
 	case cfg.EngineTimeout <= 0:
 		return errors.New("the engine timeout must be positive")
 	case cfg.StatePath == "":
 		return errors.New("no state file named")
+	case cfg.BuildCacheMax < 0:
+		return errors.New("the build cache budget must not be negative")
 	}
-	if err := cfg.Protect.Validate(); err != nil {
-		return err
-	}
-	return nil
+	return cfg.Options.Validate()
 }
 
 // Result is what one pass did.
@@ -102,11 +110,17 @@ type Result struct {
 	After   Usage
 	Started time.Time
 	Took    time.Duration
+	DryRun  bool
 	Removed []Outcome
 	Skipped []Outcome
 	// Stopped says why the pass stopped before its plan was done (a run
-	// started); "" otherwise.
+	// started, no grant came); "" otherwise.
 	Stopped string
+	// NoGrant is set when a critical pass stopped for want of a grant:
+	// the host needs a person.
+	NoGrant error
+	// BuildCache is what the build cache's budget did, when one is set.
+	BuildCache *BuildCache
 }
 
 // Freed is the disk space the removals gave back, as measured.
@@ -123,7 +137,10 @@ type Outcome struct {
 	Step  Step
 	Freed int64  // measured, bytes
 	Err   error  // why it was skipped
-	Kind  string // removed, conflict, denied, gone
+	Kind  string // removed, conflict, denied, gone, job
+	// Granted is set when the removal went with the guard's grant,
+	// during a CI job.
+	Granted bool
 }
 
 // Once runs one pass: it reads the engine's events since the last pass,
@@ -281,9 +298,22 @@ func (r *Reclaimer) loadState() *State {
 	return st
 }
 
-// pass gathers the facts, plans, and (unless refused or dry) removes.
+// pass runs one pass and adds its figures to the totals.
 func (r *Reclaimer) pass(ctx context.Context, st *State, evs []eventstream.Event) (*Result, error) {
-	res := &Result{Started: r.now()}
+	res, err := r.passOnce(ctx, st, evs)
+	if res == nil {
+		r.totals.add(nil, true)
+		return nil, err
+	}
+	f := res.Figures()
+	r.totals.add(&f, err != nil)
+	return res, err
+}
+
+// passOnce gathers the facts, keeps the build cache within its budget,
+// plans, and (unless refused or dry) removes.
+func (r *Reclaimer) passOnce(ctx context.Context, st *State, evs []eventstream.Event) (*Result, error) {
+	res := &Result{Started: r.now(), DryRun: r.cfg.DryRun}
 	root, images, containers, err := r.inventory(ctx)
 	if err != nil {
 		return nil, err
@@ -299,28 +329,48 @@ func (r *Reclaimer) pass(ctx context.Context, st *State, evs []eventstream.Event
 		return nil, fmt.Errorf("measure the engine's data root (reclaim must run on the engine's host): %w", err)
 	}
 	rs := r.runs.State(ctx, r.cfg.Detection)
+	// Over its budget, the build cache goes before any image.
+	u := res.Before
+	if res.BuildCache = r.budgetBuildCache(ctx, rs); res.BuildCache != nil && (res.BuildCache.Pruned || res.BuildCache.Err != nil) {
+		r.audit.Event("reclaim pruned build cache", buildCacheFields(res.BuildCache))
+		if res.BuildCache.Pruned {
+			if u, err = r.measure(root); err != nil {
+				return nil, fmt.Errorf("measure %s: %w", root, err)
+			}
+		}
+	}
 	res.Plan = NewPlan(Facts{
-		Now: now, Usage: res.Before, Images: images, Containers: containers, Records: st.Images, Runs: rs,
+		Now: now, Usage: u, Images: images, Containers: containers, Records: st.Images, Runs: rs,
 	}, r.cfg.Options)
 	p := &res.Plan
+	p.startedPercent = u.Percent()
+	r.reportBuildCache(res.BuildCache)
 	r.header(res)
 
 	switch {
 	case p.Refused != "":
-		res.After, res.Took = res.Before, r.now().Sub(res.Started)
+		res.After, res.Took = u, r.now().Sub(res.Started)
 		r.audit.Event("reclaim refused", r.passFields(res))
-		return res, nil
+		return res, r.buildCacheErr(res)
 	case r.cfg.DryRun:
 		r.printPlan(p)
-		res.After, res.Took = res.Before, r.now().Sub(res.Started)
+		res.After, res.Took = u, r.now().Sub(res.Started)
 		r.audit.Event("reclaim dry run", r.passFields(res))
-		return res, nil
+		return res, r.buildCacheErr(res)
 	}
 
 	err = r.execute(ctx, st, p, res)
 	if err == nil {
 		err = r.replan(ctx, st, res)
 	}
+	return res, r.finish(res, root, err)
+}
+
+// finish measures the disk after the removals, reports and audits the
+// pass, and returns its error: err, a failed budget, a missing grant, or
+// a target still unmet when nothing more may go.
+func (r *Reclaimer) finish(res *Result, root string, err error) error {
+	p := &res.Plan
 	if after, merr := r.measure(root); merr == nil {
 		res.After = after
 	} else {
@@ -330,14 +380,26 @@ func (r *Reclaimer) pass(ctx context.Context, st *State, evs []eventstream.Event
 	res.Took = r.now().Sub(res.Started)
 	r.summary(res)
 	r.audit.Event("reclaim pass", r.passFields(res))
-	if err != nil {
-		return res, err
+	err = errors.Join(err, r.buildCacheErr(res))
+	switch {
+	case err != nil:
+		return err
+	case res.NoGrant != nil:
+		return fmt.Errorf("%s is %.1f%% used, at or above --critical %g%% during a CI job, and prune-guard gave no grant for the deletes: %w",
+			root, res.After.Percent(), p.opts.Critical, res.NoGrant)
 	}
-	if p.Pressure && res.After.Percent() >= p.High && res.Stopped == "" {
-		return res, fmt.Errorf("%s is still %.1f%% used, at or above the high mark %g%%: nothing more may be removed (see the kept images above)",
-			root, res.After.Percent(), p.High)
+	if why := p.opts.trigger(res.After); p.Pressure && why != "" && res.Stopped == "" {
+		return fmt.Errorf("%s: still %s: nothing more may be removed (see the kept images above)", root, why)
 	}
-	return res, nil
+	return nil
+}
+
+// buildCacheErr is the budget's failure, if it failed.
+func (r *Reclaimer) buildCacheErr(res *Result) error {
+	if res.BuildCache != nil && res.BuildCache.Err != nil {
+		return res.BuildCache.Err
+	}
+	return nil
 }
 
 // inventory lists the data root, every image and every container.
@@ -406,14 +468,16 @@ func (r *Reclaimer) replan(ctx context.Context, st *State, res *Result) error {
 		if err != nil {
 			return fmt.Errorf("measure %s: %w", p.Usage.Path, err)
 		}
-		if u.Percent() <= p.Low {
+		if p.Satisfied(u) {
 			return nil
 		}
 		// The same question as the first plan's: jobs in their teardown
-		// grace and unseen stretches hold a re-plan too.
+		// grace and unseen stretches hold a re-plan too, unless the pass
+		// acts at or above --critical.
 		rs := r.runs.State(ctx, r.cfg.Detection)
 		next := NewPlan(Facts{Now: now, Usage: u, Images: images, Containers: containers, Records: st.Images, Runs: rs,
-			Acting: p.Pressure}, r.cfg.Options)
+			Acting: p.Pressure, CriticalPass: p.Critical}, r.cfg.Options)
+		next.startedPercent = p.startedPercent
 		p.Keep = next.Keep
 		if next.Refused != "" {
 			res.Stopped = next.Refused
@@ -428,19 +492,25 @@ func (r *Reclaimer) replan(ctx context.Context, st *State, res *Result) error {
 		if len(next.Steps) == 0 {
 			return nil
 		}
-		fmt.Fprintf(r.cfg.Out, "re-planning: %.1f%% used, still above low %g%% (round %d)\n", u.Percent(), p.Low, round)
+		fmt.Fprintf(r.cfg.Out, "re-planning: %.1f%% used, %s (round %d)\n", u.Percent(), p.opts.unmet(u), round)
 		before := len(res.Removed)
 		if err := r.execute(ctx, st, &next, res); err != nil {
 			return err
 		}
 		removed = len(res.Removed) - before
+		if res.NoGrant != nil {
+			return nil
+		}
 	}
 	return nil
 }
 
 // execute takes the plan's steps in order: a forced step always, any other
-// while the measured usage is above Low. Before each removal it asks again
-// whether a run is active, and stops if one is or if it cannot tell.
+// while a target is unmet as measured. Before each removal it asks again
+// whether a run is active, and stops if one is (or if it cannot tell),
+// unless the plan acts at or above --critical: then each step's deletes go
+// with the guard's grant, and an image a job that holds deletes now uses
+// is skipped.
 func (r *Reclaimer) execute(ctx context.Context, st *State, p *Plan, res *Result) error {
 	root := p.Usage.Path
 	for _, s := range p.Steps {
@@ -451,24 +521,18 @@ func (r *Reclaimer) execute(ctx context.Context, st *State, p *Plan, res *Result
 		if err != nil {
 			return fmt.Errorf("measure %s: %w", root, err)
 		}
-		if !s.Forced && before.Percent() <= p.Low {
-			continue // pressure relieved; only forced steps remain to take
+		if !s.Forced && p.Satisfied(before) {
+			continue // every target met; only forced steps remain to take
 		}
-		rs := r.runs.State(ctx, r.cfg.Detection)
-		if rs.Err != nil {
-			res.Stopped = fmt.Sprintf("the CI run state became unknown (%v)", rs.Err)
-		} else if held := rs.Holding(rules.Classification{Op: rules.OpImageDelete}, false); held.Holds() {
-			res.Stopped = "a CI job holds image deletes: " + rules.HoldReason(held)
-		}
-		if res.Stopped != "" {
-			fmt.Fprintf(r.cfg.Out, "stopped: %s; the rest waits for the next pass\n", res.Stopped)
+		rctx, o, stop := r.clearStep(ctx, p, s, before, res)
+		if stop {
 			return nil
 		}
-
-		o := Outcome{Step: s}
-		o.Kind, o.Err = r.remove(ctx, s.Image)
+		if o.Kind == "" {
+			o.Kind, o.Err = r.remove(rctx, s.Image)
+		}
 		if o.Err == nil {
-			r.removeIntermediates(ctx, s)
+			r.removeIntermediates(rctx, s)
 			after, err := r.measure(root)
 			if err != nil {
 				return fmt.Errorf("measure %s: %w", root, err)
@@ -489,6 +553,43 @@ func (r *Reclaimer) execute(ctx context.Context, st *State, p *Plan, res *Result
 		r.audit.Event("reclaim skipped image", r.stepFields(o))
 	}
 	return nil
+}
+
+// clearStep asks whether step s may be taken now: it returns the context
+// its removals go with (carrying a grant during a job), an outcome already
+// decided (a job's image, skipped), or stop, with res.Stopped saying why.
+// Without a Granter (no guard to ask) the deletes go as any client's, and
+// a guard in front of the engine decides them.
+func (r *Reclaimer) clearStep(ctx context.Context, p *Plan, s Step, u Usage, res *Result) (context.Context, Outcome, bool) {
+	o := Outcome{Step: s}
+	rs := r.runs.State(ctx, r.cfg.Detection)
+	held := rs.Holding(rules.Classification{Op: rules.OpImageDelete}, false)
+	switch {
+	case rs.Err != nil:
+		res.Stopped = fmt.Sprintf("the CI run state became unknown (%v)", rs.Err)
+	case held.Holds() && !p.Critical:
+		res.Stopped = "a CI job holds image deletes: " + rules.HoldReason(held)
+	case !held.Holds():
+		return ctx, o, false
+	}
+	if res.Stopped == "" {
+		if run, ok := heldImage(held, s.Image); ok {
+			o.Kind, o.Err = "job", fmt.Errorf("%s uses it", run.String())
+			return ctx, o, false
+		}
+		if r.cfg.Grants == nil {
+			return ctx, o, false
+		}
+		gctx, err := r.cfg.Grants.Grant(ctx, r.grantFor(p, s, u, held))
+		if err == nil {
+			o.Granted = true
+			return gctx, o, false
+		}
+		res.NoGrant = err
+		res.Stopped = fmt.Sprintf("at or above --critical during a CI job, but prune-guard gave no grant for the deletes (%v); they would be refused", err)
+	}
+	fmt.Fprintf(r.cfg.Out, "stopped: %s; the rest waits for the next pass\n", res.Stopped)
+	return ctx, o, true
 }
 
 // remove deletes an image by ID, without force, with its untagged parents
@@ -547,12 +648,8 @@ func (r *Reclaimer) untagExtra(ctx context.Context, id string, refs []string) er
 	if len(cl.Items) > 0 {
 		return cerrdefs.ErrConflict.WithMessage(fmt.Sprintf("container %s now uses the image", ShortID(cl.Items[0].ID)))
 	}
-	keep := refs[0]
 	var done []string
-	for _, ref := range refs[1:] {
-		if ref == keep || sameRepoDigest(keep, ref) {
-			continue
-		}
+	for _, ref := range extraNames(refs) {
 		if _, err := r.c.ImageRemove(ctx, ref, client.ImageRemoveOptions{}); err != nil {
 			// The containerd image store lists name@digest for every
 			// tag, and removing the tag removes that name too.
@@ -605,17 +702,21 @@ func skipKind(err error) string {
 func (r *Reclaimer) header(res *Result) {
 	p := &res.Plan
 	u := p.Usage
-	fmt.Fprintf(r.cfg.Out, "reclaim: %s: %.1f%% of %s used (high %g%%, low %g%%)", u.Path, u.Percent(), bytesText(int64(u.Total)), p.High, p.Low)
+	w := r.cfg.Out
+	fmt.Fprintf(w, "reclaim: %s: %.1f%% of %s used (%s)", u.Path, u.Percent(), bytesText(int64(u.Total)), p.opts.targetsText())
 	switch {
+	case p.Critical:
+		fmt.Fprintf(w, ": %s; at or above --critical %g%% while CI jobs hold image deletes: acting during them, sparing their images, %s to free\n",
+			p.Trigger, p.opts.Critical, bytesText(p.Need))
 	case p.Pressure:
-		fmt.Fprintf(r.cfg.Out, ": at or above high, %s to free\n", bytesText(p.Need))
+		fmt.Fprintf(w, ": %s, %s to free\n", p.Trigger, bytesText(p.Need))
 	case len(p.Steps) > 0:
-		fmt.Fprintf(r.cfg.Out, ": below high; removing images unused for longer than --max-unused %s\n", r.cfg.MaxUnused)
+		fmt.Fprintf(w, ": below high; removing images unused for longer than --max-unused %s\n", r.cfg.MaxUnused)
 	default:
-		fmt.Fprintf(r.cfg.Out, ": below high, nothing to do\n")
+		fmt.Fprintf(w, ": below high, nothing to do\n")
 	}
 	if p.Refused != "" {
-		fmt.Fprintf(r.cfg.Out, "refused: %s\n", p.Refused)
+		fmt.Fprintf(w, "refused: %s\n", p.Refused)
 	}
 }
 
@@ -659,29 +760,48 @@ func (r *Reclaimer) summary(res *Result) {
 	fmt.Fprintf(r.cfg.Out, "reclaim: freed %s in %v: %.1f%% -> %.1f%% used (%d removed, %d skipped, %d kept)\n",
 		bytesText(res.Freed()), res.Took.Round(time.Millisecond), res.Before.Percent(), res.After.Percent(),
 		len(res.Removed), len(res.Skipped), len(p.Keep))
-	if p.Pressure && res.After.Percent() > p.Low {
+	if p.Pressure && !p.Satisfied(res.After) {
 		r.printKept(p)
 	}
 }
 
+// passFields are a pass's audit fields: its figures, flat, as the audit
+// log has always carried them, with the new ones beside.
 func (r *Reclaimer) passFields(res *Result) map[string]any {
 	p := &res.Plan
+	fig := res.Figures()
 	f := map[string]any{
 		"component":     "reclaim",
 		"data_root":     p.Usage.Path,
 		"high":          p.High,
 		"low":           p.Low,
+		"critical":      p.opts.Critical,
 		"pressure":      p.Pressure,
+		"critical_pass": p.Critical,
+		"outcome":       fig.Outcome,
 		"usage_before":  round1(res.Before.Percent()),
 		"usage_after":   round1(res.After.Percent()),
 		"total_bytes":   p.Usage.Total,
+		"avail_before":  res.Before.Avail,
+		"avail_after":   res.After.Avail,
 		"freed_bytes":   res.Freed(),
 		"removed":       len(res.Removed),
 		"skipped":       len(res.Skipped),
 		"kept":          len(p.Keep),
+		"skipped_by":    fig.Skipped,
+		"kept_by":       fig.Kept,
 		"planned_bytes": p.Planned(),
 		"duration_ms":   res.Took.Milliseconds(),
 		"dry_run":       r.cfg.DryRun,
+	}
+	if p.Trigger != "" {
+		f["trigger"] = p.Trigger
+	}
+	if res.Before.Inodes > 0 {
+		f["free_inodes_before"], f["free_inodes_after"] = res.Before.FreeInodes, res.After.FreeInodes
+	}
+	if bc := fig.BuildCache; bc != nil {
+		f["build_cache"] = bc
 	}
 	if p.Refused != "" {
 		f["reason"] = p.Refused
@@ -703,6 +823,9 @@ func (r *Reclaimer) stepFields(o Outcome) map[string]any {
 		"forced":         s.Forced,
 		"estimate_bytes": s.Estimate,
 		"result":         o.Kind,
+	}
+	if o.Granted {
+		f["granted"] = true
 	}
 	if o.Err != nil {
 		f["error"] = o.Err.Error()

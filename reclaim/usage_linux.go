@@ -19,5 +19,7 @@ func Measure(path string) (Usage, error) {
 	if unit == 0 {
 		unit = uint64(st.Bsize)
 	}
-	return Usage{Path: path, Total: st.Blocks * unit, Avail: st.Bavail * unit}, nil
+	// Linux has no separate count of inodes an unprivileged writer may
+	// take (statvfs's f_favail is f_ffree).
+	return Usage{Path: path, Total: st.Blocks * unit, Avail: st.Bavail * unit, Inodes: st.Files, FreeInodes: st.Ffree}, nil
 }
