@@ -12,6 +12,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/moby/moby/client"
@@ -29,7 +30,7 @@ type Client = client.Client
 func Open(host string) (*Client, error) {
 	// TLS first: it replaces the HTTP client, which the host option then
 	// configures for the host's transport.
-	c, err := client.New(client.WithTLSClientConfigFromEnv(), client.WithHost(host))
+	c, err := client.New(client.WithTLSClientConfigFromEnv(), client.WithHost(host), client.WithHTTPRequestHook(contextHeaders))
 	if err != nil {
 		return nil, fmt.Errorf("engine client for %s: %w", redact.String(host), err)
 	}
@@ -53,6 +54,33 @@ func Negotiate(ctx context.Context, c Pinger, timeout time.Duration) error {
 	defer cancel()
 	if _, err := c.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
 		return fmt.Errorf("negotiate the engine's API version: %w", err)
+	}
+	return nil
+}
+
+// headerKey carries headers in a request's context (WithHeader).
+type headerKey struct{}
+
+// WithHeader returns a context whose requests, through a client from Open,
+// carry the header name: value (reclaim's grant on the deletes it is
+// granted). The value never leaves the request: nothing here logs it.
+func WithHeader(ctx context.Context, name, value string) context.Context {
+	h, _ := ctx.Value(headerKey{}).(http.Header)
+	h = h.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	h.Set(name, value)
+	return context.WithValue(ctx, headerKey{}, h)
+}
+
+// contextHeaders is the client's request hook that adds WithHeader's
+// headers.
+func contextHeaders(r *http.Request) error {
+	if h, ok := r.Context().Value(headerKey{}).(http.Header); ok {
+		for k, vs := range h {
+			r.Header[k] = vs
+		}
 	}
 	return nil
 }

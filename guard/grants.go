@@ -74,12 +74,15 @@ type GrantName struct {
 	Image string `json:"image"`
 }
 
-// GrantUsage is the reclaimer's measurement of the engine's data root.
+// GrantUsage is the reclaimer's measurement of the engine's data root:
+// now, and when its pass started (at or above the critical mark; a pass
+// that started there frees down to its low mark during the jobs).
 type GrantUsage struct {
-	DataRoot   string  `json:"data_root"`
-	Percent    float64 `json:"percent"`
-	TotalBytes uint64  `json:"total_bytes"`
-	AvailBytes uint64  `json:"avail_bytes"`
+	DataRoot       string  `json:"data_root"`
+	Percent        float64 `json:"percent"`
+	StartedPercent float64 `json:"started_percent"`
+	TotalBytes     uint64  `json:"total_bytes"`
+	AvailBytes     uint64  `json:"avail_bytes"`
 }
 
 // GrantAnswer is what the control socket answers: the token and when it
@@ -91,8 +94,9 @@ type GrantAnswer struct {
 
 var fullID = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
-// validate checks a request: full IDs only, names that parse, a critical
-// mark and a usage at or above it.
+// validate checks a request: full IDs only, names that parse, and a pass
+// that started at or above its critical mark. The figures are root's own
+// word: checking them is for a mistaken caller, not a lying one.
 func (r GrantRequest) validate() error {
 	n := len(r.Images) + len(r.Untag)
 	switch {
@@ -102,8 +106,8 @@ func (r GrantRequest) validate() error {
 		return fmt.Errorf("a grant names at most %d images and names, not %d", maxGrantTargets, n)
 	case !(r.Critical > 0 && r.Critical <= 100):
 		return fmt.Errorf("critical mark %g: want a percentage above 0", r.Critical)
-	case r.Usage.Percent < r.Critical:
-		return fmt.Errorf("usage %.1f%% is below the critical mark %g%%: deletes wait for the jobs", r.Usage.Percent, r.Critical)
+	case max(r.Usage.StartedPercent, r.Usage.Percent) < r.Critical:
+		return fmt.Errorf("usage %.1f%% is below the critical mark %g%%: deletes wait for the jobs", max(r.Usage.StartedPercent, r.Usage.Percent), r.Critical)
 	}
 	for _, id := range r.Images {
 		if !fullID.MatchString(id) {
@@ -124,8 +128,12 @@ func (r GrantRequest) validate() error {
 // reason is the audit reason of a removal under this grant.
 func (r GrantRequest) reason() string {
 	u := r.Usage
-	return fmt.Sprintf("allowed while a CI job holds image deletes by a reclaim grant: %s is %.1f%% used, at or above the critical mark %g%% (%s of %s available); the job's images are spared by reclaim",
-		u.DataRoot, u.Percent, r.Critical, sizeText(u.AvailBytes), sizeText(u.TotalBytes))
+	started := ""
+	if u.StartedPercent > u.Percent {
+		started = fmt.Sprintf(" (the pass started at %.1f%%)", u.StartedPercent)
+	}
+	return fmt.Sprintf("allowed while a CI job holds image deletes by a reclaim grant: %s is %.1f%% used%s, at or above the critical mark %g%% (%s of %s available); reclaim spares the jobs' images",
+		u.DataRoot, u.Percent, started, r.Critical, sizeText(u.AvailBytes), sizeText(u.TotalBytes))
 }
 
 // grant is an issued grant: what it may still remove, until when, and why.

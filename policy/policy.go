@@ -50,6 +50,9 @@ type Config struct {
 	Detection rules.Detection
 	Protect   rules.Protection
 	Audit     AuditLevel
+	// Reclaim are "prune-guard reclaim"'s settings; the plugin ignores
+	// them.
+	Reclaim ReclaimSettings
 	// Source is the file the policy came from, or "built-in default".
 	Source string
 	// Hash is the SHA-256 of the source bytes (of the rendered default
@@ -69,6 +72,7 @@ func Default() *Config {
 		Detection: rules.MustDetection(rules.DefaultDetectionSettings()),
 		Protect:   DefaultProtection(),
 		Audit:     AuditDestructive,
+		Reclaim:   DefaultReclaim(),
 		Source:    BuiltIn,
 		Hash:      hash([]byte(DefaultYAML())),
 	}
@@ -129,9 +133,11 @@ func Parse(name string, data []byte) (*Config, error) {
 		Policy:  &rules.Policy{Rules: rules.DefaultRules()},
 		Run:     rules.DefaultDetectionSettings(),
 		Protect: DefaultProtection(),
+		Reclaim: DefaultReclaim(),
 		Source:  name,
 		Hash:    hash(data),
 	}
+	var reclaimNode *yaml.Node
 	var runNode *yaml.Node
 	p.mapping(doc.Content[0], "the policy", map[string]func(*yaml.Node){
 		"mode": func(n *yaml.Node) {
@@ -176,7 +182,14 @@ func Parse(name string, data []byte) (*Config, error) {
 			}
 		},
 		"rules": func(n *yaml.Node) { c.Policy.Rules = p.rules(n) },
+		"reclaim": func(n *yaml.Node) {
+			reclaimNode = n
+			p.reclaim(n, &c.Reclaim)
+		},
 	})
+	if reclaimNode != nil && len(p.errs) == 0 {
+		p.check(reclaimNode, c.Reclaim.Validate())
+	}
 	if len(p.errs) == 0 {
 		d, err := rules.NewDetection(c.Run)
 		if runNode == nil {

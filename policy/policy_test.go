@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prune-guard/prune-guard/rules"
 )
@@ -16,7 +17,7 @@ func TestDefaultRendersToAFileThatParsesBackToTheDefault(t *testing.T) {
 	d := Default()
 	if !reflect.DeepEqual(c.Policy, d.Policy) || !reflect.DeepEqual(c.Run.Labels, d.Run.Labels) || c.Run.Grace != d.Run.Grace ||
 		!reflect.DeepEqual(c.Detection.Names(), d.Detection.Names()) ||
-		!reflect.DeepEqual(c.Protect, d.Protect) || c.Audit != d.Audit {
+		!reflect.DeepEqual(c.Protect, d.Protect) || c.Audit != d.Audit || c.Reclaim != d.Reclaim {
 		t.Errorf("parsed default differs:\n got %+v\nwant %+v", c, d)
 	}
 	if c.Hash != d.Hash {
@@ -82,7 +83,7 @@ func TestErrorsNameFileLineAndValidChoices(t *testing.T) {
 		name, src string
 		want      []string
 	}{
-		{"unknown top-level key", "mdoe: warn\n", []string{"p.yaml:1:", `unknown key "mdoe"`, "valid keys: audit, mode, protect, rules, run"}},
+		{"unknown top-level key", "mdoe: warn\n", []string{"p.yaml:1:", `unknown key "mdoe"`, "valid keys: audit, mode, protect, reclaim, rules, run"}},
 		{"unknown mode", "mode: strict\n", []string{"p.yaml:1:", "valid: enforce, warn"}},
 		{"unknown operation", "rules:\n  - name: a\n    match: [image-prune-everything]\n", []string{"p.yaml:3:", `unknown operation "image-prune-everything"`, "image-prune-all"}},
 		{"unknown condition", "rules:\n  - name: a\n    match: [image-delete]\n    when: sometimes\n", []string{"p.yaml:4:", "run-active"}},
@@ -162,5 +163,42 @@ func TestRuleMethodsRenderAndParseBack(t *testing.T) {
 	}
 	if !reflect.DeepEqual(again.Policy, c.Policy) {
 		t.Errorf("rendered and parsed back:\n got %+v\nwant %+v", again.Policy.Rules, c.Policy.Rules)
+	}
+}
+
+func TestReclaimSettingsParseRenderAndRefuse(t *testing.T) {
+	c, err := Parse("p.yaml", []byte("reclaim:\n  high: 70\n  low: 60%\n  critical: 90\n  min-age: 30m\n  min-free: 20GB\n  target-free: 25GiB\n  min-free-inodes: 10000\n  keep-per-repo: 3\n  build-cache-max: 10GiB\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ReclaimSettings{High: 70, Low: 60, Critical: 90, MinAge: 30 * time.Minute, MinFree: 20_000_000_000, TargetFree: 25 << 30,
+		MinFreeInodes: 10000, KeepPerRepo: 3, BuildCacheMax: 10 << 30}
+	if c.Reclaim != want {
+		t.Errorf("reclaim %+v; want %+v", c.Reclaim, want)
+	}
+	// Unnamed keys keep their built-in values; the rendering reads back.
+	c, err = Parse("p.yaml", []byte("reclaim:\n  keep-per-repo: 2\n"))
+	if err != nil || c.Reclaim.High != 85 || c.Reclaim.Critical != 95 || c.Reclaim.KeepPerRepo != 2 {
+		t.Errorf("partial reclaim section: %+v, %v", c.Reclaim, err)
+	}
+	r := Default()
+	r.Reclaim = want
+	back, err := Parse("r.yaml", []byte(Render(r)))
+	if err != nil || back.Reclaim != want {
+		t.Errorf("rendered reclaim reads back as %+v, %v", back.Reclaim, err)
+	}
+	for src, msg := range map[string]string{
+		"reclaim:\n  high: 80\n  low: 90\n":                 "want 0 <= low < high",
+		"reclaim:\n  critical: 50\n":                        "reclaim.critical 50",
+		"reclaim:\n  min-free: 20XB\n":                      "invalid suffix",
+		"reclaim:\n  min-free: 20GB\n  target-free: 10GB\n": "below min-free",
+		"reclaim:\n  keep-per-repo: -1\n":                   "reclaim.keep-per-repo",
+		"reclaim:\n  min-age: soon\n":                       "reclaim.min-age",
+		"reclaim:\n  high: 120\n":                           "reclaim.high",
+		"reclaim:\n  mni-age: 1h\n":                         "unknown key \"mni-age\" in reclaim",
+	} {
+		if _, err := Parse("p.yaml", []byte(src)); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%q: error %v; want it to say %q", src, err, msg)
+		}
 	}
 }

@@ -15,6 +15,7 @@ func DefaultYAML() string {
 		Run:     rules.DefaultDetectionSettings(),
 		Protect: DefaultProtection(),
 		Audit:   AuditDestructive,
+		Reclaim: DefaultReclaim(),
 	})
 }
 
@@ -35,6 +36,7 @@ func Render(c *Config) string {
 	fmt.Fprintf(&b, "  labels: %s\n", flow(c.Protect.Labels))
 	fmt.Fprintf(&b, "  plugins: %s\n", flow(c.Protect.Plugins))
 	fmt.Fprintf(&b, "audit: %s               # destructive | all\n", c.Audit)
+	renderReclaim(&b, c.Reclaim)
 	b.WriteString("rules:\n")
 	for _, r := range c.Policy.Rules {
 		fmt.Fprintf(&b, "  - name: %s\n", r.Name)

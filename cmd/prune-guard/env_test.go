@@ -15,9 +15,13 @@ import (
 var boundEnv = map[string][]string{
 	"serve": {"PRUNE_GUARD_SOCKET", "PRUNE_GUARD_SOCKET_GROUP", "DOCKER_HOST", "PRUNE_GUARD_AUDIT_LOG", "PRUNE_GUARD_AUDIT_GROUP",
 		"PRUNE_GUARD_POLICY", "PRUNE_GUARD_POLICY_OPTIONAL", "PRUNE_GUARD_METRICS_ADDR",
-		"PRUNE_GUARD_RUN_LABELS", "PRUNE_GUARD_RUN_GRACE", "PRUNE_GUARD_DETECTORS"},
-	"reclaim": {"DOCKER_HOST", "PRUNE_GUARD_RUN_LABELS", "PRUNE_GUARD_RUN_GRACE", "PRUNE_GUARD_DETECTORS"},
-	"status":  {"PRUNE_GUARD_SOCKET", "DOCKER_HOST"},
+		"PRUNE_GUARD_RUN_LABELS", "PRUNE_GUARD_RUN_GRACE", "PRUNE_GUARD_DETECTORS", "PRUNE_GUARD_CONTROL_SOCKET"},
+	"reclaim": {"DOCKER_HOST", "PRUNE_GUARD_RUN_LABELS", "PRUNE_GUARD_RUN_GRACE", "PRUNE_GUARD_DETECTORS",
+		"PRUNE_GUARD_POLICY", "PRUNE_GUARD_AUDIT_LOG", "PRUNE_GUARD_CONTROL_SOCKET", "PRUNE_GUARD_RECLAIM_STATE",
+		"PRUNE_GUARD_RECLAIM_HIGH", "PRUNE_GUARD_RECLAIM_LOW", "PRUNE_GUARD_RECLAIM_CRITICAL", "PRUNE_GUARD_RECLAIM_MIN_AGE",
+		"PRUNE_GUARD_RECLAIM_MAX_UNUSED", "PRUNE_GUARD_RECLAIM_MIN_FREE", "PRUNE_GUARD_RECLAIM_TARGET_FREE",
+		"PRUNE_GUARD_RECLAIM_MIN_FREE_INODES", "PRUNE_GUARD_RECLAIM_KEEP_PER_REPO", "PRUNE_GUARD_RECLAIM_BUILD_CACHE_MAX"},
+	"status": {"PRUNE_GUARD_SOCKET", "DOCKER_HOST"},
 }
 
 // clearEnv unsets, for the test, every variable a command reads, so the
@@ -126,6 +130,11 @@ func TestVariablesSetTheFlagsTheyNameUnlessTheFlagIsGiven(t *testing.T) {
 		{name: "PRUNE_GUARD_SOCKET sets status's socket", cmd: newStatusCmd, env: map[string]string{"PRUNE_GUARD_SOCKET": "/run/pg.sock"}, flag: "socket", want: "/run/pg.sock", wantChanged: true},
 		{name: "an empty PRUNE_GUARD_AUDIT_LOG leaves standard output", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_AUDIT_LOG": ""}, flag: "audit-log", want: "-"},
 		{name: "PRUNE_GUARD_METRICS_ADDR sets --metrics-addr", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_METRICS_ADDR": "127.0.0.1:9323"}, flag: "metrics-addr", want: "127.0.0.1:9323", wantChanged: true},
+		{name: "PRUNE_GUARD_RECLAIM_MIN_FREE is a size", cmd: newReclaimCmd, env: map[string]string{"PRUNE_GUARD_RECLAIM_MIN_FREE": "20GB"}, flag: "min-free", want: "20GB", wantChanged: true},
+		{name: "PRUNE_GUARD_RECLAIM_BUILD_CACHE_MAX reads binary units", cmd: newReclaimCmd, env: map[string]string{"PRUNE_GUARD_RECLAIM_BUILD_CACHE_MAX": "10 GiB"}, flag: "build-cache-max", want: "10GiB", wantChanged: true},
+		{name: "PRUNE_GUARD_RECLAIM_CRITICAL=0 turns acting during jobs off", cmd: newReclaimCmd, env: map[string]string{"PRUNE_GUARD_RECLAIM_CRITICAL": "0"}, flag: "critical", want: "0", wantChanged: true},
+		{name: "PRUNE_GUARD_CONTROL_SOCKET sets reclaim's control socket", cmd: newReclaimCmd, env: map[string]string{"PRUNE_GUARD_CONTROL_SOCKET": "/run/pg/c.sock"}, flag: "control-socket", want: "/run/pg/c.sock", wantChanged: true},
+		{name: "PRUNE_GUARD_CONTROL_SOCKET sets serve's control socket", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_CONTROL_SOCKET": "/run/pg/c.sock"}, flag: "control-socket", want: "/run/pg/c.sock", wantChanged: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
