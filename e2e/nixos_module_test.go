@@ -31,7 +31,8 @@ import (
 // Mirrored from nixpkgs, in our own words (same behaviour, not the code):
 //   - lib/types.nix: str, bool, strMatching (a string that builtins.match
 //     matches whole), singleLineStr (strMatching "[^\n\r]*\n?", one
-//     trailing newline removed on merge), listOf, ints.between;
+//     trailing newline removed on merge), listOf, nullOr, ints.between,
+//     ints.unsigned;
 //   - nixos/lib/utils.nix: escapeSystemdExecArg (builtins.toJSON, then % to
 //     %% and $ to $$), escapeSystemdExecArgs (joined by spaces);
 //   - nixos/lib/systemd-lib.nix: attrsToSection (one KEY=VALUE line per
@@ -73,8 +74,10 @@ let
       merge = removeSuffix "\n";
     };
     listOf = t: mkType "list of ${t.name}" (x: isList x && builtins.all t.check x);
+    nullOr = t: mkType "null or ${t.name}" (x: x == null || t.check x) // { merge = v: if v == null then v else t.merge v; };
     ints.between = lo: hi: mkType "integer between ${toString lo} and ${toString hi} (both inclusive)"
       (x: builtins.isInt x && x >= lo && x <= hi);
+    ints.unsigned = mkType "unsigned integer, meaning >=0" (x: builtins.isInt x && x >= 0);
     json = mkType "JSON value" (x: true);
   };
 
@@ -628,7 +631,7 @@ func TestNixOSModuleReclaimRunsFromATimer(t *testing.T) {
 	}
 	argv := execArgv(t, out.Reclaim)
 	if want := []string{fakeExe, "reclaim", "--policy", execArgv(t, out.Service)[3], "--audit-log", "/var/log/prune-guard/audit.jsonl",
-		"--high", "90", "--low", "70", "--min-age", "24h"}; !slices.Equal(argv, want) {
+		"--high", "90", "--low", "70", "--min-age", "24h", "--critical", "95"}; !slices.Equal(argv, want) {
 		t.Errorf("reclaim argv = %q; want %q (serve's policy file)", argv, want)
 	}
 	sc := out.Reclaim.ServiceConfig
@@ -649,6 +652,37 @@ func TestNixOSModuleReclaimRunsFromATimer(t *testing.T) {
 	})})
 	if len(bad.FailedAssertions) != 1 || !strings.Contains(bad.FailedAssertions[0], "lowPercent") {
 		t.Errorf("lowPercent = highPercent: failed assertions %q; want one about lowPercent", bad.FailedAssertions)
+	}
+	bad = evalNixModule(t, map[string]any{"prune-guard": enabled(map[string]any{
+		"reclaim": map[string]any{"enable": true, "highPercent": 90, "criticalPercent": 85},
+	})})
+	if len(bad.FailedAssertions) != 1 || !strings.Contains(bad.FailedAssertions[0], "criticalPercent") {
+		t.Errorf("criticalPercent below highPercent: failed assertions %q; want one about criticalPercent", bad.FailedAssertions)
+	}
+}
+
+// Issue 18's settings reach reclaim as flags it accepts, one argument
+// each, only when set; sizes are checked by the option's type.
+func TestNixOSModuleReclaimTargetsBudgetAndKeepPerRepoReachTheFlags(t *testing.T) {
+	out := evalNixModule(t, map[string]any{"prune-guard": enabled(map[string]any{
+		"reclaim": map[string]any{"enable": true, "criticalPercent": 0, "maxUnused": "168h", "minFree": "20GB", "targetFree": "30 GiB",
+			"minFreeInodes": 100000, "keepPerRepo": 3, "buildCacheMax": "10GiB"},
+	})})
+	if len(out.FailedAssertions) > 0 {
+		t.Fatalf("failed assertions: %q", out.FailedAssertions)
+	}
+	argv := execArgv(t, out.Reclaim)
+	want := []string{"--critical", "0", "--max-unused", "168h", "--min-free", "20GB", "--target-free", "30 GiB",
+		"--min-free-inodes", "100000", "--keep-per-repo", "3", "--build-cache-max", "10GiB"}
+	if len(argv) < 12 || !slices.Equal(argv[12:], want) {
+		t.Errorf("reclaim argv = %q; want %q after --min-age", argv, want)
+	}
+	// Each value is one that reclaim's own flags accept.
+	for i := 0; i+1 < len(want); i += 2 {
+		cmd, _ := exec.Command(enginetest.BuildBinary(t), "reclaim", "--dry-run", want[i], want[i+1], "--docker-host", "unix:///nonexistent").CombinedOutput()
+		if strings.Contains(string(cmd), "invalid argument") {
+			t.Errorf("reclaim refuses %s %q: %s", want[i], want[i+1], cmd)
+		}
 	}
 }
 
@@ -681,7 +715,7 @@ func TestNixOSModuleAuditLogReachesTheUnitsAsOnePath(t *testing.T) {
 			if argv := execArgv(t, out.Service); len(argv) != 6 || argv[4] != "--audit-log" || argv[5] != tc.log {
 				t.Errorf("serve argv = %q; want --audit-log %q as the last argument", argv, tc.log)
 			}
-			if argv := execArgv(t, out.Reclaim); len(argv) != 12 || argv[4] != "--audit-log" || argv[5] != tc.log {
+			if argv := execArgv(t, out.Reclaim); len(argv) != 14 || argv[4] != "--audit-log" || argv[5] != tc.log {
 				t.Errorf("reclaim argv = %q; want --audit-log %q", argv, tc.log)
 			}
 			for name, u := range map[string]*nixUnit{"prune-guard": out.Service, "prune-guard-reclaim": out.Reclaim} {
@@ -723,6 +757,10 @@ func TestNixOSModuleTypesRefuseValuesThatWouldBreakTheUnits(t *testing.T) {
 		{"minAge negative", map[string]any{"reclaim": map[string]any{"enable": true, "minAge": "-1h"}}, "services.prune-guard.reclaim.minAge"},
 		{"dates with a second line", map[string]any{"reclaim": map[string]any{"enable": true, "dates": "hourly\nExecStart=/bin/sh"}}, "services.prune-guard.reclaim.dates"},
 		{"dates with a carriage return", map[string]any{"reclaim": map[string]any{"enable": true, "dates": "hourly\r"}}, "services.prune-guard.reclaim.dates"},
+		{"minFree with a flag", map[string]any{"reclaim": map[string]any{"enable": true, "minFree": "20GB --all"}}, "services.prune-guard.reclaim.minFree"},
+		{"minFree with a newline", map[string]any{"reclaim": map[string]any{"enable": true, "minFree": "20GB\n"}}, "services.prune-guard.reclaim.minFree"},
+		{"minFree negative", map[string]any{"reclaim": map[string]any{"enable": true, "minFree": "-1GB"}}, "services.prune-guard.reclaim.minFree"},
+		{"buildCacheMax in an unknown unit", map[string]any{"reclaim": map[string]any{"enable": true, "buildCacheMax": "20XB"}}, "services.prune-guard.reclaim.buildCacheMax"},
 		{"auditLog with a newline", map[string]any{"auditLog": "/srv/a\nb.jsonl"}, "services.prune-guard.auditLog"},
 		{"auditLog relative", map[string]any{"auditLog": "audit.jsonl"}, "services.prune-guard.auditLog"},
 		{"auditLog a directory", map[string]any{"auditLog": "/srv/audit/"}, "services.prune-guard.auditLog"},

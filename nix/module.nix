@@ -24,6 +24,21 @@ let
   # newline into the unit file.
   goDuration = types.strMatching "[+]?(0|(([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)";
 
+  # A size that prune-guard's size flags accept (bytesize.Parse): a number,
+  # optionally with a fraction, and an SI (20GB) or binary (20GiB) unit,
+  # so that a value can carry neither a second argument nor a newline.
+  sizeType = types.strMatching "[0-9]+(\\.[0-9]+)? ?([kKmMgGtTpP][iI]?[bB]?|[bB])?";
+
+  # The reclaim settings that are flags only when set.
+  reclaimFlags = r:
+    [ "--critical" (toString r.criticalPercent) ]
+    ++ (if r.maxUnused != null then [ "--max-unused" r.maxUnused ] else [ ])
+    ++ (if r.minFree != null then [ "--min-free" r.minFree ] else [ ])
+    ++ (if r.targetFree != null then [ "--target-free" r.targetFree ] else [ ])
+    ++ (if r.minFreeInodes != null then [ "--min-free-inodes" (toString r.minFreeInodes) ] else [ ])
+    ++ (if r.keepPerRepo != null then [ "--keep-per-repo" (toString r.keepPerRepo) ] else [ ])
+    ++ (if r.buildCacheMax != null then [ "--build-cache-max" r.buildCacheMax ] else [ ]);
+
   # One path as one word of a unit setting that lists paths
   # (ReadWritePaths=) or of a tmpfiles.d(5) line: double-quoted with C
   # escapes (JSON's are a subset of what systemd reads), and % doubled so
@@ -175,6 +190,54 @@ in
         description = "Never remove an image first seen or last used less than this long ago: a Go duration such as `90m`, `24h` or `1h30m` (units `ns`, `us`, `ms`, `s`, `m`, `h`; no days).";
       };
 
+      criticalPercent = mkOption {
+        type = types.ints.between 0 100;
+        default = 95;
+        description = "At or above this many percent full, reclaim acts even while CI jobs run or sit in their teardown grace, sparing their images (the deletes pass prune-guard with a grant from its root-only control socket); between `highPercent` and this it waits for the jobs. 0: never act during jobs. At or above `highPercent`.";
+      };
+
+      maxUnused = mkOption {
+        type = types.nullOr goDuration;
+        default = null;
+        example = "168h";
+        description = "Also remove images unused for longer than this, even below `highPercent` (a Go duration). null: off.";
+      };
+
+      minFree = mkOption {
+        type = types.nullOr sizeType;
+        default = null;
+        example = "20GB";
+        description = "Also reclaim when less than this is free on the disk holding Docker's data (`20GB` is SI, `20GiB` binary). null: off.";
+      };
+
+      targetFree = mkOption {
+        type = types.nullOr sizeType;
+        default = null;
+        example = "30GB";
+        description = "Once reclaiming, free until at least this much is free (default: `minFree`). null: off.";
+      };
+
+      minFreeInodes = mkOption {
+        type = types.nullOr types.ints.unsigned;
+        default = null;
+        example = 100000;
+        description = "Also reclaim when fewer inodes than this are free, and free until this many are. null: off.";
+      };
+
+      keepPerRepo = mkOption {
+        type = types.nullOr types.ints.unsigned;
+        default = null;
+        example = 3;
+        description = "Never remove the N most recently used tags of each repository. null: off.";
+      };
+
+      buildCacheMax = mkOption {
+        type = types.nullOr sizeType;
+        default = null;
+        example = "10GiB";
+        description = "Keep BuildKit's build cache at or under this size on every run, before any image, with dockerd's budgeted build prune (never `--all`, never during a CI job). null: off.";
+      };
+
       dates = mkOption {
         type = types.singleLineStr;
         default = "hourly";
@@ -210,6 +273,10 @@ in
         {
           assertion = !cfg.reclaim.enable || cfg.reclaim.lowPercent < cfg.reclaim.highPercent;
           message = "services.prune-guard.reclaim.lowPercent must be below highPercent.";
+        }
+        {
+          assertion = !cfg.reclaim.enable || cfg.reclaim.criticalPercent == 0 || cfg.reclaim.criticalPercent >= cfg.reclaim.highPercent;
+          message = "services.prune-guard.reclaim.criticalPercent must be at or above highPercent, or 0 to never act during CI jobs.";
         }
       ];
 
@@ -280,13 +347,16 @@ in
           Type = "oneshot";
           # The same policy file (run labels, protected images, detectors,
           # grace) and audit log as the plugin.
-          ExecStart = utils.escapeSystemdExecArgs [
+          ExecStart = utils.escapeSystemdExecArgs ([
             exe "reclaim" "--policy" policyFile "--audit-log" cfg.auditLog
             "--high" (toString cfg.reclaim.highPercent) "--low" (toString cfg.reclaim.lowPercent)
             "--min-age" cfg.reclaim.minAge
-          ];
+          ] ++ reclaimFlags cfg.reclaim);
           # reclaim remembers when it last saw each image in use
-          # (/var/lib/prune-guard/reclaim-state.json).
+          # (/var/lib/prune-guard/reclaim-state.json). It asks the
+          # plugin's control socket (/run/prune-guard/control.sock, the
+          # default) for the grants a run at criticalPercent needs during
+          # CI jobs.
           StateDirectory = "prune-guard";
           StateDirectoryMode = "0700";
         };

@@ -37,6 +37,7 @@ type reclaimOptions struct {
 	state         string
 	auditLog      string
 	policyFile    string
+	policyOpt     bool
 	run           runFlags
 	protectImages []string
 	protectLabels []string
@@ -150,6 +151,7 @@ still unmet after all it may remove, or when a pass at --critical got no grant.`
 // EnvironmentFile (packaging/systemd/prune-guard-reclaim.service).
 var reclaimEnv = []envVar{
 	{name: "PRUNE_GUARD_POLICY", flag: "policy"},
+	{name: "PRUNE_GUARD_POLICY_OPTIONAL", flag: "policy-optional"},
 	{name: "PRUNE_GUARD_AUDIT_LOG", flag: "audit-log"},
 	controlEnv,
 	{name: "PRUNE_GUARD_RECLAIM_STATE", flag: "state"},
@@ -187,6 +189,7 @@ func (o *reclaimOptions) register(f *pflag.FlagSet, def policy.ReclaimSettings) 
 	f.StringVar(&o.state, "state", "/var/lib/prune-guard/reclaim-state.json", "state file: when each image was first seen and last used (written atomically, 0600)")
 	f.StringVar(&o.auditLog, "audit-log", "-", "JSON-lines audit file, appended to and created 0600; - for standard output")
 	f.StringVar(&o.policyFile, "policy", "", "policy file shared with 'prune-guard serve': its reclaim, run and protect settings apply; flags override them one by one")
+	f.BoolVar(&o.policyOpt, "policy-optional", false, "a missing --policy file means the built-in policy")
 	o.run.register(f)
 	f.StringArrayVar(&o.protectImages, "protect-image", dp.Images, "reference pattern (path.Match syntax, e.g. 'registry.example/base/*') of images never to remove (repeatable; replaces the policy's protect.images)")
 	f.StringArrayVar(&o.protectLabels, "protect-label", dp.Labels, "image label KEY or KEY=VALUE that protects an image (repeatable; replaces the policy's protect.labels)")
@@ -199,7 +202,7 @@ func (o reclaimOptions) config(cmd *cobra.Command) (reclaim.Config, error) {
 	pol := policy.Default()
 	if o.policyFile != "" {
 		var err error
-		if pol, err = policy.Load(o.policyFile); err != nil {
+		if pol, _, err = policy.LoadOptional(o.policyFile, o.policyOpt); err != nil {
 			return reclaim.Config{}, fmt.Errorf("--policy: %w", err)
 		}
 	}
