@@ -128,12 +128,8 @@ func (r GrantRequest) validate() error {
 // reason is the audit reason of a removal under this grant.
 func (r GrantRequest) reason() string {
 	u := r.Usage
-	started := ""
-	if u.StartedPercent > u.Percent {
-		started = fmt.Sprintf(" (the pass started at %.1f%%)", u.StartedPercent)
-	}
-	return fmt.Sprintf("allowed while a CI job holds image deletes by a reclaim grant: %s is %.1f%% used%s, at or above the critical mark %g%% (%s of %s available); reclaim spares the jobs' images",
-		u.DataRoot, u.Percent, started, r.Critical, sizeText(u.AvailBytes), sizeText(u.TotalBytes))
+	return fmt.Sprintf("allowed while a CI job holds image deletes by a reclaim grant: %s reached %.1f%% used, at or above the critical mark %g%% (now %.1f%%, %s of %s available); reclaim spares the jobs' images",
+		u.DataRoot, max(u.StartedPercent, u.Percent), r.Critical, u.Percent, sizeText(u.AvailBytes), sizeText(u.TotalBytes))
 }
 
 // grant is an issued grant: what it may still remove, until when, and why.

@@ -79,7 +79,7 @@ func TestGrantTargetsAreUsableOnceUntilTheyExpire(t *testing.T) {
 	if _, ok := gs.consume(strings.TrimPrefix(ans.Token, tokenPrefix), idA); ok {
 		t.Errorf("the token without its prefix was accepted")
 	}
-	if use, ok := gs.consume(ans.Token, idA); !ok || use.image != idA || !strings.Contains(use.why, "96.4% used") {
+	if use, ok := gs.consume(ans.Token, idA); !ok || use.image != idA || !strings.Contains(use.why, "reached 96.4% used") {
 		t.Fatalf("first use of a listed target: %+v, %v", use, ok)
 	}
 	if _, ok := gs.consume(ans.Token, idA); ok {
@@ -123,7 +123,7 @@ func TestGrantedDeleteDuringARunAndItsImitations(t *testing.T) {
 		idK:     {ID: idK, Labels: map[string]string{"prune-guard.keep": "true"}},
 	}}
 	g, buf := newTestGuardWith(policy.Default(), runs, names)
-	ans, err := g.grants.issue(GrantRequest{Images: []string{idA, idK}, Untag: []GrantName{{Ref: "app:2", Image: idA}, {Ref: "old:1", Image: idA}},
+	ans, err := g.grants.issue(GrantRequest{Images: []string{idA, idK}, Untag: []GrantName{{Ref: "app:2", Image: idA}, {Ref: "old:1", Image: idA}, {Ref: "gone:1", Image: idA}},
 		Usage: grantReq().Usage, Critical: 95, Runs: grantReq().Runs})
 	if err != nil {
 		t.Fatal(err)
@@ -147,6 +147,7 @@ func TestGrantedDeleteDuringARunAndItsImitations(t *testing.T) {
 		{"force with a grant", idA + "?force=1", ans.Token, false},
 		{"a granted name that names another image now", "old:1", ans.Token, false},
 		{"a granted name", "app:2", ans.Token, true},
+		{"a granted name that names nothing now: the engine answers 404", "gone:1", ans.Token, true},
 		{"the granted ID", idA, ans.Token, true},
 		{"the same ID again: used", idA, ans.Token, false},
 		{"a granted but protected image", idK, ans.Token, false},
@@ -171,20 +172,20 @@ func TestGrantedDeleteDuringARunAndItsImitations(t *testing.T) {
 			t.Fatalf("the token is in the audit log")
 		}
 	}
-	if len(granted) != 2 {
-		t.Fatalf("want 2 audit lines by rule %s, have %v", GrantRule, granted)
+	if len(granted) != 3 {
+		t.Fatalf("want 3 audit lines by rule %s, have %v", GrantRule, granted)
 	}
 	for _, l := range granted {
 		if l["decision"] != "allow" || !strings.Contains(l["reason"].(string), "at or above the critical mark 95%") ||
-			!strings.Contains(l["reason"].(string), "/var/lib/docker is 96.4% used") || !strings.Contains(l["reason"].(string), "3.5 GiB of 100.0 GiB available") {
+			!strings.Contains(l["reason"].(string), "/var/lib/docker reached 96.4% used") || !strings.Contains(l["reason"].(string), "now 96.4%, 3.5 GiB of 100.0 GiB available") {
 			t.Errorf("granted audit line does not say why: %v", l)
 		}
 		if rs, _ := l["runs"].([]any); len(rs) != 1 || rs[0] != "GitLab job 4711, container build-1" {
 			t.Errorf("granted audit line's runs %v; want the job the reclaimer saw", l["runs"])
 		}
 	}
-	if n := g.Stats().Snapshot().Decisions[GrantRule]["allow"]; n != 2 {
-		t.Errorf("decision counter %s/allow = %d; want 2", GrantRule, n)
+	if n := g.Stats().Snapshot().Decisions[GrantRule]["allow"]; n != 3 {
+		t.Errorf("decision counter %s/allow = %d; want 3", GrantRule, n)
 	}
 }
 

@@ -208,9 +208,12 @@ func (g *Guard) grantFor(ctx context.Context, req Request, c rules.Classificatio
 		return grantUse{}, false
 	}
 	if use.image != c.Target {
-		// A name may have moved to another image since the grant.
+		// A name may have moved to another image since the grant. One
+		// that names nothing any more (the containerd image store removes
+		// repo@digest with the tag it was listed for) deletes nothing:
+		// the engine answers 404.
 		img, found, err := g.names.Image(ctx, c.Target)
-		if err != nil || !found || img.ID != use.image {
+		if err != nil || found && img.ID != use.image {
 			return grantUse{}, false
 		}
 	}

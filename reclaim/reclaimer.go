@@ -531,7 +531,7 @@ func (r *Reclaimer) execute(ctx context.Context, st *State, p *Plan, res *Result
 			return nil
 		}
 		if o.Kind == "" {
-			o.Kind, o.Err = r.remove(rctx, s.Image)
+			o.Kind, o.Err = r.remove(rctx, s.Image, o.Granted)
 		}
 		if o.Err == nil {
 			r.removeIntermediates(rctx, s)
@@ -603,13 +603,22 @@ func (r *Reclaimer) clearStep(ctx context.Context, p *Plan, s Step, u Usage, res
 // app:latest is. Since the plan has already decided that every one of its
 // names may go, reclaim then checks that no container has started using the
 // image, removes the extra names one by one (each an ordinary, authorized
-// untag), and deletes by ID again.
-func (r *Reclaimer) remove(ctx context.Context, im Image) (string, error) {
+// untag), and deletes by ID again. With a grant (untagFirst) it untags
+// first and deletes by ID once: a grant lets each of its targets through
+// once, and the engine refuses the first delete of such an image anyway
+// (moby's isSingleReference: one tag, and digests of its repository only,
+// which is what extraNames leaves).
+func (r *Reclaimer) remove(ctx context.Context, im Image, untagFirst bool) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.EngineTimeout)
 	defer cancel()
-	_, err := r.c.ImageRemove(ctx, im.ID, client.ImageRemoveOptions{PruneChildren: true})
 	refs := im.Refs()
-	if err != nil && cerrdefs.IsConflict(err) && len(refs) > 1 && strings.Contains(err.Error(), "referenced in multiple repositories") {
+	if untagFirst && len(extraNames(refs)) > 0 {
+		if err := r.untagExtra(ctx, im.ID, refs); err != nil {
+			return skipKind(err), err
+		}
+	}
+	_, err := r.c.ImageRemove(ctx, im.ID, client.ImageRemoveOptions{PruneChildren: true})
+	if !untagFirst && err != nil && cerrdefs.IsConflict(err) && len(refs) > 1 && strings.Contains(err.Error(), "referenced in multiple repositories") {
 		if err := r.untagExtra(ctx, im.ID, refs); err != nil {
 			return skipKind(err), err
 		}
