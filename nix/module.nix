@@ -193,7 +193,7 @@ in
       criticalPercent = mkOption {
         type = types.ints.between 0 100;
         default = 95;
-        description = "At or above this many percent full, reclaim acts even while CI jobs run or sit in their teardown grace, sparing their images (the deletes pass prune-guard with a grant from its root-only control socket); between `highPercent` and this it waits for the jobs. 0: never act during jobs. At or above `highPercent`.";
+        description = "At or above this many percent full, reclaim acts even while CI jobs run or sit in their teardown grace, sparing their images (the deletes pass prune-guard with a grant from its root-only control socket); between `highPercent` and this it waits for the jobs (below `highPercent`, every run acts during them). 0: never act during jobs.";
       };
 
       maxUnused = mkOption {
@@ -273,10 +273,6 @@ in
         {
           assertion = !cfg.reclaim.enable || cfg.reclaim.lowPercent < cfg.reclaim.highPercent;
           message = "services.prune-guard.reclaim.lowPercent must be below highPercent.";
-        }
-        {
-          assertion = !cfg.reclaim.enable || cfg.reclaim.criticalPercent == 0 || cfg.reclaim.criticalPercent >= cfg.reclaim.highPercent;
-          message = "services.prune-guard.reclaim.criticalPercent must be at or above highPercent, or 0 to never act during CI jobs.";
         }
       ];
 

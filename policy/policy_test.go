@@ -189,7 +189,6 @@ func TestReclaimSettingsParseRenderAndRefuse(t *testing.T) {
 	}
 	for src, msg := range map[string]string{
 		"reclaim:\n  high: 80\n  low: 90\n":                 "want 0 <= low < high",
-		"reclaim:\n  critical: 50\n":                        "reclaim.critical 50",
 		"reclaim:\n  min-free: 20XB\n":                      "invalid suffix",
 		"reclaim:\n  min-free: 20GB\n  target-free: 10GB\n": "below min-free",
 		"reclaim:\n  keep-per-repo: -1\n":                   "reclaim.keep-per-repo",

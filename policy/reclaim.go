@@ -43,8 +43,6 @@ func (s ReclaimSettings) Validate() error {
 	switch {
 	case !(s.Low >= 0 && s.Low < s.High && s.High <= 100):
 		return fmt.Errorf("reclaim: want 0 <= low < high <= 100, have low %g and high %g", s.Low, s.High)
-	case s.Critical != 0 && !(s.Critical >= s.High && s.Critical <= 100):
-		return fmt.Errorf("reclaim.critical %g: want it between high (%g) and 100, or 0 to never act during CI jobs", s.Critical, s.High)
 	case s.TargetFree > 0 && s.TargetFree < s.MinFree:
 		return fmt.Errorf("reclaim.target-free %s is below min-free %s", bytesize.Format(s.TargetFree), bytesize.Format(s.MinFree))
 	case s.MaxUnused > 0 && s.MaxUnused < s.MinAge:

@@ -111,8 +111,9 @@ func (o Options) Validate() error {
 	switch {
 	case !(o.Low >= 0 && o.Low < o.High && o.High <= 100):
 		return fmt.Errorf("want 0 <= low < high <= 100, have low %g and high %g", o.Low, o.High)
-	case o.Critical != 0 && !(o.Critical >= o.High && o.Critical <= 100):
-		return fmt.Errorf("critical %g: want it between high (%g) and 100, or 0 to never act while a CI job holds image deletes", o.Critical, o.High)
+	case !(o.Critical >= 0 && o.Critical <= 100):
+		// Below High it is no error: every pass then acts during jobs.
+		return fmt.Errorf("critical %g: want a percentage up to 100, or 0 to never act while a CI job holds image deletes", o.Critical)
 	case o.MinFree < 0 || o.TargetFree < 0:
 		return fmt.Errorf("byte targets must not be negative")
 	case o.TargetFree > 0 && o.TargetFree < o.MinFree:

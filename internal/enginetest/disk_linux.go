@@ -53,3 +53,13 @@ func (d *SmallDisk) Usage(t testing.TB) (total, avail uint64) {
 	}
 	return st.Blocks * unit, st.Bavail * unit
 }
+
+// FreeInodes is the disk's count of free inodes, as reclaim reads it.
+func (d *SmallDisk) FreeInodes(t testing.TB) uint64 {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(d.dir, &st); err != nil {
+		t.Fatalf("enginetest: statfs %s: %v", d.dir, err)
+	}
+	return st.Ffree
+}

@@ -21,3 +21,10 @@ func (d *SmallDisk) Usage(t testing.TB) (total, avail uint64) {
 	t.Fatal("enginetest: SmallDisk needs Linux")
 	return 0, 0
 }
+
+// FreeInodes is never reached off Linux: NewSmallDisk has stopped the test.
+func (d *SmallDisk) FreeInodes(t testing.TB) uint64 {
+	t.Helper()
+	t.Fatal("enginetest: SmallDisk needs Linux")
+	return 0
+}
