@@ -31,7 +31,7 @@ const grantHeader = "X-Prune-Guard-Grant"
 
 // seedState writes reclaim's state file with each image first seen that
 // long ago.
-func seedState(t *testing.T, path string, ages map[string]time.Duration) {
+func seedState(t testing.TB, path string, ages map[string]time.Duration) {
 	t.Helper()
 	now := time.Now()
 	records := map[string]any{}
