@@ -212,6 +212,36 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix("loadgen: ")
 
+	targets, cfg, asJSON := parseFlags()
+	for _, t := range targets {
+		t.client = newClient(t.socket, cfg)
+	}
+
+	// A target that fails does so fast, so without a budget a dead
+	// daemon would be hammered in a tight loop for the rest of the run.
+	// Spending it cancels ctx, which ends the run where it is.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := &bench{cfg: cfg, cancel: cancel}
+	b.budget.Store(cfg.maxErrors)
+	b.run(ctx, targets)
+	if ctx.Err() != nil {
+		log.Printf("more than %d failed requests: stopped early", cfg.maxErrors)
+	}
+
+	if err := write(os.Stdout, report(targets, cfg), asJSON); err != nil {
+		log.Fatalf("writing results: %v", err)
+	}
+	// Failed requests are cheap and fast, so a target that errors looks
+	// better or worse than it is; refuse to let such a run pass silently.
+	if failures(targets) {
+		os.Exit(1)
+	}
+}
+
+// parseFlags reads the command line, and exits with a usage error if it
+// does not describe a run.
+func parseFlags() (socketList, config, bool) {
 	var (
 		targets socketList
 		cfg     config
@@ -251,64 +281,54 @@ func main() {
 		}
 		targets[i].pluginPIDs = pids
 	}
-	for _, t := range targets {
-		t.client = newClient(t.socket, cfg)
-	}
+	return targets, cfg, asJSON
+}
 
-	// A target that fails does so fast, so without a budget a dead
-	// daemon would be hammered in a tight loop for the rest of the run.
-	// Spending it cancels ctx, which ends the run where it is.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	b := &bench{cfg: cfg, cancel: cancel}
-	b.budget.Store(cfg.maxErrors)
-
-	if cfg.warmup > 0 {
+// run gives every target its warmup, then runs the interleaved rounds,
+// until they are done or ctx ends.
+func (b *bench) run(ctx context.Context, targets []*target) {
+	if b.cfg.warmup > 0 {
 		for _, t := range targets {
 			// Warmup opens the connections and pages in both dockerd's
 			// and the plugin's hot paths; its numbers are thrown away,
 			// but its errors count against the budget.
-			res := b.runRound(ctx, t, cfg.warmup)
+			res := b.runRound(ctx, t, b.cfg.warmup)
 			t.errs += res.Errors
 			t.lastErr = cmp.Or(res.lastErr, t.lastErr)
 		}
 	}
-	for r := 0; r < cfg.rounds && ctx.Err() == nil; r++ {
+	for r := 0; r < b.cfg.rounds && ctx.Err() == nil; r++ {
 		for _, i := range turnOrder(len(targets), r) {
 			t := targets[i]
 			// Let the previous turn's daemon and plugin finish what a
 			// burst of requests leaves behind (GC, mostly) before this
 			// one starts, or it is charged to whichever target follows.
-			time.Sleep(cfg.pause)
-			res := b.runRound(ctx, t, cfg.duration)
+			time.Sleep(b.cfg.pause)
+			res := b.runRound(ctx, t, b.cfg.duration)
 			t.errs += res.Errors
 			t.lastErr = cmp.Or(res.lastErr, t.lastErr)
 			if ctx.Err() != nil {
-				break // a round cut short is not comparable to the others
+				return // a round cut short is not comparable to the others
 			}
 			t.rounds = append(t.rounds, res.round)
 			t.samples = append(t.samples, res.samples...)
 		}
 	}
-	if ctx.Err() != nil {
-		log.Printf("more than %d failed requests: stopped early", cfg.maxErrors)
-	}
+}
 
-	rep := report(targets, cfg)
-	var err error
-	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		err = enc.Encode(rep)
-	} else {
-		err = printTable(os.Stdout, rep)
+// write prints the report as a table, or as JSON.
+func write(w io.Writer, rep Report, asJSON bool) error {
+	if !asJSON {
+		return printTable(w, rep)
 	}
-	if err != nil {
-		log.Fatalf("writing results: %v", err)
-	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
 
-	// Failed requests are cheap and fast, so a target that errors looks
-	// better or worse than it is; refuse to let such a run pass silently.
+// failures logs the targets that had failed requests, and reports whether
+// any did.
+func failures(targets []*target) bool {
 	failed := false
 	for _, t := range targets {
 		if t.errs > 0 {
@@ -316,9 +336,7 @@ func main() {
 			failed = true
 		}
 	}
-	if failed {
-		os.Exit(1)
-	}
+	return failed
 }
 
 func validate(targets socketList, cfg config) error {
