@@ -874,26 +874,30 @@ func printTable(w io.Writer, rep Report) error {
 
 // printRounds prints the per-round figures the medians come from.
 func printRounds(w io.Writer, rep Report, withCPU, withPlugin bool) {
+	width := 8
+	for _, t := range rep.Targets {
+		width = max(width, len(t.Label))
+	}
 	fmt.Fprintln(w, "\nreq/s per round:")
 	for _, t := range rep.Targets {
-		fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundRPS))
+		fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(t.RoundRPS))
 	}
 	fmt.Fprintln(w, "\np99 µs per round:")
 	for _, t := range rep.Targets {
-		fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundP99))
+		fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(t.RoundP99))
 	}
 	if !withCPU {
 		return
 	}
 	fmt.Fprintln(w, "\nCPU µs per request per round (the target's dockerd and plugin or proxy):")
 	for _, t := range rep.Targets {
-		fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundCPUPerRequest))
+		fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(t.RoundCPUPerRequest))
 	}
 	if withPlugin {
 		fmt.Fprintln(w, "\nplugin/proxy CPU µs per request per round (that process alone):")
 		for _, t := range rep.Targets {
 			if len(t.RoundPluginCPUPerRequest) > 0 {
-				fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundPluginCPUPerRequest))
+				fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(t.RoundPluginCPUPerRequest))
 			}
 		}
 	}
@@ -903,7 +907,7 @@ func printRounds(w io.Writer, rep Report, withCPU, withPlugin bool) {
 		for i, x := range t.RoundOtherShare {
 			pct[i] = 100 * x
 		}
-		fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(pct))
+		fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(pct))
 	}
 }
 
