@@ -8,7 +8,10 @@
 // Machine noise (another process waking up, a GC in dockerd) then lands on
 // all targets alike instead of on whichever happened to run last. Each
 // target's req/s is divided by the baseline target's (--baseline, "floor"
-// by default) round by round, and the median of those ratios reported.
+// by default) round by round, and the median of those ratios reported;
+// --compare adds the same pairing against other targets (dockerd alone, a
+// reference proxy) for req/s, MB/s, each round's p50 and p99, and CPU per
+// request.
 //
 // Given the daemon's and plugin's process IDs (--cpu-pids), it also reports
 // their CPU time per request, paired the same way, and how much CPU the
