@@ -114,7 +114,7 @@ func (c *conn) exchange() (keep bool) {
 		c.s.refused.Add(1)
 		// A body that was not read cannot be skipped safely: close.
 		keep = !h.close && h.body == noBody
-		c.answer(http.StatusForbidden, denialText(c.s.o.Name, v.Message), keep)
+		c.answer(h.head, http.StatusForbidden, denialText(c.s.o.Name, v.Message), keep)
 		return keep
 	}
 	return c.forward(&h)
@@ -166,9 +166,9 @@ func (c *conn) refuseHead(err error) {
 	var he *headError
 	switch {
 	case errors.As(err, &he):
-		c.answer(http.StatusBadRequest, "prune-guard: malformed request refused: "+he.why, false)
+		c.answer(false, http.StatusBadRequest, "prune-guard: malformed request refused: "+he.why, false)
 	case errors.Is(err, errHeadTooLarge):
-		c.answer(http.StatusRequestHeaderFieldsTooLarge, "prune-guard: "+err.Error(), false)
+		c.answer(false, http.StatusRequestHeaderFieldsTooLarge, "prune-guard: "+err.Error(), false)
 	}
 	// Anything else is the connection failing: nobody to answer.
 }
@@ -177,7 +177,7 @@ func (c *conn) refuseHead(err error) {
 func (c *conn) forward(h *requestHead) bool {
 	if err := c.sendHead(h); err != nil {
 		keep := !h.close && h.body == noBody
-		c.answer(http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s does not answer: %v", c.s.o.Engine, err), keep)
+		c.answer(h.head, http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s does not answer: %v", c.s.o.Engine, err), keep)
 		return keep
 	}
 	c.ebr = engineBufs.Get().(*bufio.Reader)
@@ -266,12 +266,12 @@ func (c *conn) relay(h *requestHead) (keep bool, err error) {
 	raw, err := readHead(c.ebr, &c.elong)
 	if err == nil {
 		var r responseHead
-		if r, err = parseResponseHead(raw, h.method); err == nil {
+		if r, err = parseResponseHead(raw, h.head); err == nil {
 			return c.relayResponse(h, raw, &r)
 		}
 	}
 	// Nothing of a final response reached the client yet: say why.
-	c.answer(http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s broke off the response: %v", c.s.o.Engine, err), false)
+	c.answer(h.head, http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s broke off the response: %v", c.s.o.Engine, err), false)
 	return false, fmt.Errorf("engine response: %w", err)
 }
 
@@ -329,8 +329,10 @@ func (c *conn) relayBody(head []byte, r *responseHead) error {
 }
 
 // answer writes a response of the proxy's own with a JSON message, as
-// dockerd writes its errors.
-func (c *conn) answer(status int, message string, keep bool) {
+// dockerd writes its errors. The answer to a HEAD request (head) has the
+// head alone, as net/http answers HEAD: its Content-Length is the body's
+// that a GET would get.
+func (c *conn) answer(head bool, status int, message string, keep bool) {
 	var body bytes.Buffer
 	_ = jsonMessage(&body, message)
 	var b bytes.Buffer
@@ -340,7 +342,9 @@ func (c *conn) answer(status int, message string, keep bool) {
 		b.WriteString("Connection: close\r\n")
 	}
 	b.WriteString("\r\n")
-	b.Write(body.Bytes())
+	if !head {
+		b.Write(body.Bytes())
+	}
 	_, _ = c.c.Write(b.Bytes())
 }
 

@@ -374,3 +374,35 @@ func TestManyConnectionsLeaveNoGoroutines(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// An answer of the proxy's own to a HEAD request (a refusal, the engine
+// down) is a head with no body, as net/http answers HEAD: a body would be
+// read as the next answer on the kept connection. The docker CLI pings
+// with HEAD /_ping before every command.
+func TestAnswersOfTheProxysOwnToHEADCarryNoBody(t *testing.T) {
+	for _, tc := range []struct {
+		name, engine, target string
+		status, next         int
+	}{
+		{"refused", goEngine(t, engineMux()), "/images/prune", http.StatusForbidden, http.StatusOK},
+		{"engine down", filepath.Join(t.TempDir(), "gone.sock"), "/_ping", http.StatusBadGateway, http.StatusBadGateway},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := dialRaw(t, serveProxy(t, &policyDecider{}, tc.engine))
+			io.WriteString(c, "HEAD "+tc.target+" HTTP/1.1\r\nHost: d\r\n\r\nGET /containers/json HTTP/1.1\r\nHost: d\r\n\r\n")
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
+			if err != nil || resp.StatusCode != tc.status || resp.Close {
+				t.Fatalf("HEAD %s: %v %v; want %d on a kept connection", tc.target, resp, err, tc.status)
+			}
+			resp, err = http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("the answer after HEAD's: %v (HEAD's answer carried a body?)", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != tc.next {
+				t.Errorf("the answer after HEAD's = %d, want %d", resp.StatusCode, tc.next)
+			}
+		})
+	}
+}
