@@ -52,7 +52,11 @@ type conn struct {
 	br   *bufio.Reader
 	long []byte // a request head longer than br's buffer
 
-	e     net.Conn      // the engine connection paired with c; nil until needed
+	// e is the engine connection paired with c; nil until needed. Only
+	// c's own goroutine sets it, under emu, so that cutOff may read it
+	// from another.
+	e     net.Conn
+	emu   sync.Mutex
 	ebr   *bufio.Reader // e's reader, during an exchange
 	elong []byte
 
@@ -240,7 +244,9 @@ func (c *conn) dialEngine() error {
 	if err != nil {
 		return err
 	}
+	c.emu.Lock()
 	c.e = e
+	c.emu.Unlock()
 	return nil
 }
 
@@ -382,8 +388,21 @@ func (c *conn) closeClient() {
 }
 
 func (c *conn) closeEngine() {
+	c.emu.Lock()
+	defer c.emu.Unlock()
 	if c.e != nil {
 		c.e.Close()
 		c.e = nil
+	}
+}
+
+// cutOff closes both of the connection's ends, from any goroutine: an
+// exchange that waits on the engine (a quiet stream, an attach) ends too.
+func (c *conn) cutOff() {
+	c.closeClient()
+	c.emu.Lock()
+	defer c.emu.Unlock()
+	if c.e != nil {
+		c.e.Close()
 	}
 }

@@ -406,3 +406,50 @@ func TestAnswersOfTheProxysOwnToHEADCarryNoBody(t *testing.T) {
 		})
 	}
 }
+
+// Shutting down cuts off, once the drain bound has passed, the exchanges
+// that wait on the engine with their client still there (a stream the
+// engine keeps open whatever the client does, an attach to a quiet
+// container), and Serve returns.
+func TestShutdownCutsOffExchangesThatWaitOnTheEngine(t *testing.T) {
+	mux := engineMux()
+	release := make(chan struct{})
+	mux.HandleFunc("GET /quiet", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-release // deaf to the client's end
+	})
+	engine := goEngine(t, mux)
+	t.Cleanup(func() { close(release) }) // before the engine's cleanup
+	sock := filepath.Join(t.TempDir(), "proxy.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const drain = 200 * time.Millisecond
+	s := New(&policyDecider{}, Options{Engine: engine, Drain: drain})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+
+	for _, head := range []string{
+		"GET /quiet HTTP/1.1\r\nHost: d\r\n\r\n",
+		"POST /attach HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+	} {
+		c, br := dialRaw(t, sock)
+		io.WriteString(c, head)
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode/100 > 2 {
+			t.Fatalf("%q: %v %v", head, resp, err)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "cut off") {
+			t.Errorf("Serve = %v; want it to say requests in flight were cut off", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Serve still waits 10 s after shutdown began (drain bound %v)", drain)
+	}
+}

@@ -82,6 +82,8 @@ func halfCopy(dst net.Conn, src *bufio.Reader) error {
 // closeEngineConn closes the engine connection without forgetting it, so
 // that a copy still using it ends.
 func (c *conn) closeEngineConn() {
+	c.emu.Lock()
+	defer c.emu.Unlock()
 	if c.e != nil {
 		c.e.Close()
 	}
