@@ -62,7 +62,11 @@ type requestHead struct {
 	close       bool   // the client asked to close after this request
 	upgrade     bool   // Connection: upgrade with an Upgrade header
 	upgradeTo   []byte // the Upgrade header's value
-	head        bool   // a HEAD request: its answer has no body
+	// What the exchange needs once the head is forwarded, when the bytes
+	// above may be gone: the client reader's buffer fills with the body
+	// and what follows.
+	head       bool // a HEAD request: its answer has no body
+	grpcTunnel bool // BuildKit's control tunnel: POST /grpc upgraded to h2c
 }
 
 // headError is a request the proxy refuses to read, with the reason the
@@ -264,6 +268,7 @@ func (h *requestHead) finish(seen headerCounts) error {
 	}
 	h.upgrade = seen.connUpgrade && h.upgradeTo != nil
 	h.head = string(h.method) == "HEAD"
+	h.grpcTunnel = h.upgradeTo != nil && equalFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target)
 	// An HTTP/1.0 connection is served one request: keeping it alive would
 	// take the keep-alive dance of both ends, which no Docker client needs.
 	h.close = h.close || h.http10

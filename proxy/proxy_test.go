@@ -407,6 +407,48 @@ func TestAnswersOfTheProxysOwnToHEADCarryNoBody(t *testing.T) {
 	}
 }
 
+// A client that leaves while the engine streams nothing (docker events, logs
+// -f of a quiet container) is noticed at once: the engine sees its end, as
+// it would without the proxy, and ends the stream, so that neither the
+// engine's handler nor the proxy's connections wait for a write that may
+// never come. A client that only half-closes still gets the stream's end.
+func TestAClientThatLeavesAQuietStreamEndsItAtTheEngine(t *testing.T) {
+	for _, half := range []bool{false, true} {
+		t.Run(fmt.Sprintf("half-close=%v", half), func(t *testing.T) {
+			mux := engineMux()
+			ended := make(chan struct{})
+			mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusOK)
+				w.(http.Flusher).Flush()
+				<-r.Context().Done() // as dockerd's events route: only the client's end stops it
+				close(ended)
+			})
+			c, br := dialRaw(t, serveProxy(t, &policyDecider{}, goEngine(t, mux)))
+			io.WriteString(c, "GET /events HTTP/1.1\r\nHost: d\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /events: %v %v", resp, err)
+			}
+			if half {
+				c.(*net.UnixConn).CloseWrite()
+			} else {
+				c.Close()
+			}
+			select {
+			case <-ended:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the engine's stream still runs 10 s after its client left")
+			}
+			if half {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+					t.Errorf("the half-closed client did not get the stream's end: %v", err)
+				}
+			}
+		})
+	}
+}
+
 // Shutting down cuts off, once the drain bound has passed, the exchanges
 // that wait on the engine with their client still there (a stream the
 // engine keeps open whatever the client does, an attach to a quiet

@@ -15,7 +15,7 @@ import (
 // else (attach and exec with Upgrade: tcp, BuildKit's /session tunnel, in
 // which the engine is the caller) becomes a raw byte pipe.
 func (c *conn) switched(h *requestHead) error {
-	if equalFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target) {
+	if h.grpcTunnel {
 		return c.serveTunnel()
 	}
 	return c.pipe()
