@@ -205,6 +205,8 @@ func TestEveryRecordFieldSurvivesTheRoundTrip(t *testing.T) {
 			f.SetInt(int64(1000 + i))
 		case reflect.Slice:
 			f.Set(reflect.ValueOf([]string{"run-" + v.Type().Field(i).Name}))
+		case reflect.Pointer:
+			// Pull: a pull record, read back below.
 		default:
 			t.Fatalf("field %s has kind %s: extend this test", v.Type().Field(i).Name, f.Kind())
 		}
@@ -220,5 +222,19 @@ func TestEveryRecordFieldSurvivesTheRoundTrip(t *testing.T) {
 	want.Time, want.Level, want.Msg = got[0].Record.Time, got[0].Level, got[0].Msg
 	if !reflect.DeepEqual(got[0].Record, want) {
 		t.Errorf("read back\n %+v\nwant\n %+v", got[0].Record, want)
+	}
+
+	// The same record as a pull record: no decision, the pull's fields.
+	want.Pull = &audit.Pull{Registry: "registry.example:5000", Result: audit.PullMiss, Error: "v-Error",
+		Progress: &audit.PullProgress{LayersReused: 1, LayersDownloaded: 2, BytesDownloaded: 3}}
+	buf.Reset()
+	audit.New(&buf, nil).Write(want)
+	got = readAll(t, NewReader(&buf))
+	if len(got) != 1 || got[0].IsDecision || got[0].Decision != "" {
+		t.Fatalf("a pull record read as %+v from %s", got, buf.String())
+	}
+	want.Decision, want.Time, want.Level, want.Msg = "", got[0].Record.Time, got[0].Level, got[0].Msg
+	if !reflect.DeepEqual(got[0].Record, want) {
+		t.Errorf("pull record read back\n %+v\nwant\n %+v", got[0].Record, want)
 	}
 }
