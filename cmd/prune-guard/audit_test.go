@@ -229,6 +229,8 @@ func TestAuditHelpTeachesTheFlagsWithExamples(t *testing.T) {
 			`{"summary": {...}}`, "(local)", "Examples:", "replay"}},
 		{[]string{"audit", "replay", "--help"}, []string{"cannot ask the engine", "keep-protected or", "protect-self",
 			"run labels of NEW are not evaluated", "Exit status: 0", "Examples:"}},
+		{[]string{"audit", "cache", "--help"}, []string{"100 pulls for unauthenticated users", "200 for a Docker Personal account",
+			"docs.docker.com/docker-hub/usage/pulls/", "--hub-limit", "--min-age", "--keep-per-repo", "protect.images", "evicted too early", "Examples:"}},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -282,5 +284,28 @@ func TestDocumentedAuditExamplesRun(t *testing.T) {
 				t.Errorf("docs/audit.md shows\n%s\nthe command prints\n%s", m[2], out)
 			}
 		})
+	}
+}
+
+func TestAuditCacheReadsTheLogAndRefusesBadFlags(t *testing.T) {
+	path := writeAuditFile(t, "audit.jsonl", sampleAuditLog+`{"level":"info","method":"POST","msg":"image pull","operation":"image-pull","pull":{"registry":"docker.io","result":"hit"},"reason":"hit","rule":"","runs":[],"target":"docker.io/library/alpine:3","time":"2026-11-26T09:30:00Z","uri":"/v1.51/images/create?fromImage=alpine\u0026tag=3","user":""}`+"\n")
+	out, _, err := runAudit(t, "", "audit", "cache", "--at", "2026-11-26T10:00:00Z", "--hub-limit", "1", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"cache: 1 pull in 5 lines", "1       1       0        0     100.0%  docker.io", "Docker Hub: 1 pull in the 6 hours to 2026-11-26T10:00:00Z, against a limit of 1 (100%): close to the limit"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	out, errOut, err := runAudit(t, sampleAuditLog, "audit", "cache", "--json", "-")
+	var j map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &j) != nil || !strings.Contains(errOut, "1 line was not a JSON audit record") {
+		t.Errorf("--json from standard input: %v\n%s\nstderr: %s", err, out, errOut)
+	}
+	for _, args := range [][]string{{"--at", "yesterday"}, {"--hub-limit", "-1"}, {"--since", "7d"}} {
+		if _, _, err := runAudit(t, "", append([]string{"audit", "cache"}, append(args, path)...)...); err == nil {
+			t.Errorf("audit cache %v succeeded", args)
+		}
 	}
 }
