@@ -57,6 +57,11 @@ type conn struct {
 	elong []byte
 	obs   Observer // the exchange's observer, if its verdict has one
 
+	// body is the request body's copy to the engine during an exchange:
+	// it yields once, when the body is sent (bodySent waits for it).
+	body    <-chan error
+	bodyErr error
+
 	closeOnce sync.Once
 }
 
@@ -156,7 +161,7 @@ func (c *conn) readRequestHead() ([]byte, error) {
 
 // request is the Decider's view of a request head.
 func (c *conn) request(h *requestHead) Request {
-	r := Request{Method: string(h.method), URI: string(h.target)}
+	r := Request{Method: h.method, URI: h.target}
 	if len(c.s.o.Headers) == 0 {
 		return r
 	}
@@ -212,16 +217,16 @@ func (c *conn) forwardObserved(h *requestHead) (bool, error) {
 	c.ebr.Reset(c.e)
 	defer c.releaseEngineBuf()
 
-	sent := c.sendBody(h)
+	c.body = c.sendBody(h)
 	keep, err := c.relay(h)
-	if bodyErr := <-sent; bodyErr != nil {
+	if bodyErr := c.bodySent(); bodyErr != nil {
 		keep = false
 		if err == nil {
 			err = bodyErr
 		}
 	}
 	if err != nil {
-		c.s.o.Log.WithError(err).WithField("request", string(h.method)+" "+string(clip(h.target))).Debug("exchange ended early")
+		c.s.o.Log.WithError(err).WithField("request", h.method+" "+string(clip([]byte(h.target)))).Debug("exchange ended early")
 	}
 	return keep && err == nil && !h.close, err
 }
@@ -286,6 +291,16 @@ func (c *conn) sendBody(h *requestHead) <-chan error {
 		go func() { done <- copyChunked(c.e, c.br) }()
 	}
 	return done
+}
+
+// bodySent waits until the request body has been sent, and says how that
+// went. Reading the client's connection for anything else (a hijacked
+// stream, a tunnel) must wait for it: the body's copy reads it too.
+func (c *conn) bodySent() error {
+	if c.body != nil {
+		c.bodyErr, c.body = <-c.body, nil
+	}
+	return c.bodyErr
 }
 
 // relay copies the engine's response to the client. It reports whether

@@ -47,12 +47,14 @@ const (
 	untilEOF                // a response that lasts until the connection closes
 )
 
-// requestHead is what the proxy reads of a request head. Its byte slices
-// point into the reader's buffer and are valid until the next read.
+// requestHead is what the proxy reads of a request head. raw,
+// contentType and lengthRaw point into the reader's buffer and are valid
+// until the next read, that is until the body's copy begins: what is needed
+// after that (method, target, Upgrade) is copied out.
 type requestHead struct {
 	raw         []byte // the whole head, blank line included
-	method      []byte
-	target      []byte
+	method      string
+	target      string
 	http10      bool
 	body        framing
 	length      int64  // for sized
@@ -61,7 +63,8 @@ type requestHead struct {
 	lengthRaw   []byte // the Content-Length value, trimmed
 	close       bool   // the client asked to close after this request
 	upgrade     bool   // Connection: upgrade with an Upgrade header
-	upgradeTo   []byte // the Upgrade header's value
+	upgradeTo   string // the first Upgrade header's value
+	hasUpgrade  bool
 }
 
 // headError is a request the proxy refuses to read, with the reason the
@@ -193,8 +196,19 @@ func (h *requestHead) requestLine(line []byte) error {
 	default:
 		return badHead("unsupported protocol %q (HTTP/1.1, HTTP/1.0, or HTTP/2 with prior knowledge)", clip(version))
 	}
-	h.method, h.target = method, target
+	h.method, h.target = internMethod(method), string(target)
 	return nil
+}
+
+// internMethod returns the method as a string, without allocating for the
+// methods the Docker API uses.
+func internMethod(b []byte) string {
+	for _, m := range [...]string{"GET", "POST", "HEAD", "DELETE", "PUT"} {
+		if string(b) == m {
+			return m
+		}
+	}
+	return string(b)
 }
 
 // headerCounts counts the headers framing depends on.
@@ -234,8 +248,8 @@ func (h *requestHead) header(name, value []byte, seen *headerCounts) error {
 			}
 		})
 	case equalFold(name, "Upgrade"):
-		if h.upgradeTo == nil {
-			h.upgradeTo = value
+		if !h.hasUpgrade {
+			h.upgradeTo, h.hasUpgrade = string(value), true
 		}
 	}
 	return nil
@@ -261,7 +275,7 @@ func (h *requestHead) finish(seen headerCounts) error {
 	case seen.length == 1 && h.length > 0:
 		h.body = sized
 	}
-	h.upgrade = seen.connUpgrade && h.upgradeTo != nil
+	h.upgrade = seen.connUpgrade && h.hasUpgrade
 	// An HTTP/1.0 connection is served one request: keeping it alive would
 	// take the keep-alive dance of both ends, which no Docker client needs.
 	h.close = h.close || h.http10
@@ -399,7 +413,7 @@ type responseHead struct {
 // parseResponseHead reads the engine's response head to a request with the
 // given method. The engine is a Go server, so anything unusual here is a
 // broken connection, not a client to humour: it is an error.
-func parseResponseHead(raw []byte, method []byte) (responseHead, error) {
+func parseResponseHead(raw []byte, method string) (responseHead, error) {
 	r := responseHead{raw: raw}
 	line, rest, _ := bytes.Cut(raw, crlf)
 	version, rest0, ok := bytes.Cut(line, []byte(" "))
@@ -445,7 +459,7 @@ func parseResponseHead(raw []byte, method []byte) (responseHead, error) {
 		return r, errors.New("engine response: ambiguous framing")
 	}
 	switch {
-	case status < 200 || status == 204 || status == 304 || string(method) == "HEAD":
+	case status < 200 || status == 204 || status == 304 || method == "HEAD":
 		r.body = noBody
 	case tes == 1:
 		r.body = chunked

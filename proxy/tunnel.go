@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path"
+	"strings"
 )
 
 // switched carries on after the engine switched protocols (101) for
@@ -15,7 +16,13 @@ import (
 // else (attach and exec with Upgrade: tcp, BuildKit's /session tunnel, in
 // which the engine is the caller) becomes a raw byte pipe.
 func (c *conn) switched(h *requestHead) error {
-	if equalFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target) {
+	// The engine switched after reading the request's body (exec reads
+	// its options first); the copy of it must be done before anything
+	// else reads the client.
+	if err := c.bodySent(); err != nil {
+		return err
+	}
+	if strings.EqualFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target) {
 		return c.serveTunnel()
 	}
 	return c.pipe(c.c)
@@ -23,8 +30,8 @@ func (c *conn) switched(h *requestHead) error {
 
 // isGRPCTunnel reports whether a request target is BuildKit's control
 // tunnel, as moby routes it (/grpc, with or without an API version).
-func isGRPCTunnel(target []byte) bool {
-	p := string(target)
+func isGRPCTunnel(target string) bool {
+	p := target
 	if i := indexAny(p, "?#"); i >= 0 {
 		p = p[:i]
 	}
@@ -56,6 +63,9 @@ type closeWriter interface{ CloseWrite() error }
 // back is written to back, the client connection or an observed writer
 // in front of it.
 func (c *conn) pipe(back io.Writer) error {
+	if err := c.bodySent(); err != nil {
+		return err
+	}
 	toEngine := make(chan error, 1)
 	go func() { toEngine <- halfCopy(c.e, c.e, c.br) }()
 	backErr := halfCopy(back, c.c, c.ebr)
