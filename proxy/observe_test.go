@@ -187,15 +187,7 @@ func TestAnObservedResponseReachesTheClientByteForByteAndAtOnce(t *testing.T) {
 				if !observe {
 					return
 				}
-				rec := d.last(t)
-				var status, done int
-				var body string
-				var err error
-				deadline := time.Now().Add(5 * time.Second)
-				for done == 0 && time.Now().Before(deadline) {
-					status, body, done, err = rec.snapshot()
-					time.Sleep(time.Millisecond)
-				}
+				status, body, done, err := waitDone(t, d.last(t))
 				if status != tt.status || body != tt.content || done != 1 || err != nil {
 					t.Errorf("observer: status %d, done %d (%v), content\n%q\nwant status %d, content\n%q", status, done, err, body, tt.status, tt.content)
 				}
@@ -249,7 +241,7 @@ func TestAnObserverHearsWhenTheEngineDoesNotAnswer(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("response %v, %v; want 502", resp, err)
 	}
-	status, body, done, derr := d.last(t).snapshot()
+	status, body, done, derr := waitDone(t, d.last(t))
 	if status != 0 || body != "" || done != 1 || derr == nil || !strings.Contains(derr.Error(), "does not answer") {
 		t.Errorf("observer: status %d body %q done %d err %v", status, body, done, derr)
 	}
@@ -282,17 +274,23 @@ func TestAnObservedHTTP2StreamTellsTheObserver(t *testing.T) {
 	if err != nil || string(got) != progress {
 		t.Fatalf("client got %q, %v", got, err)
 	}
+	if status, body, _, derr := waitDone(t, d.last(t)); status != 200 || body != progress || derr != nil {
+		t.Errorf("observer: status %d body %q err %v", status, body, derr)
+	}
+}
+
+// waitDone waits until the observer is told the exchange ended: the
+// client may have its answer a moment before, and returns what the
+// observer was told.
+func waitDone(t *testing.T, r *recorder) (status int, body string, done int, err error) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		status, body, done, derr := d.last(t).snapshot()
-		if done == 1 {
-			if status != 200 || body != progress || derr != nil {
-				t.Errorf("observer: status %d body %q err %v", status, body, derr)
-			}
-			return
+		if status, body, done, err = r.snapshot(); done > 0 {
+			return status, body, done, err
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the observer was never told the stream ended")
+			t.Fatal("the observer was never told the exchange ended")
 		}
 		time.Sleep(time.Millisecond)
 	}
