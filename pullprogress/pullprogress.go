@@ -12,6 +12,8 @@
 // distribution/pull_v2.go at v20.10.24, v26.1.5, v28.5.2; the same files
 // under daemon/internal/distribution at v2.0.0-beta.24):
 //
+//   - nothing at all per layer when the image (its config) is already
+//     local (pullSchema2Layers: "no need to pull anything");
 //   - "Already exists": the layer is in the layer store; nothing downloaded;
 //   - "Pulling fs layer", "Waiting", "Downloading" {current, total} (the
 //     progress reader reports at least its last read), "Verifying
@@ -20,18 +22,23 @@
 // The containerd image store (daemon/containerd/progress.go at v28.5.2 and
 // v2.0.0-beta.24), which polls the content store every 100 ms:
 //
-//   - "Already exists": the blob was in the content store before the pull;
-//   - "Downloading" {current: offset, total} while a poll finds it being
-//     written, "Download complete" (no counts) once it is there, then
-//     "Extracting" and "Pull complete" once unpacked: for reused layers
-//     too, so "Pull complete" alone does not mean downloaded;
-//   - nothing at all per layer when the image was wholly local (hideLayers).
+//   - nothing at all per layer when the image was wholly local (hideLayers),
+//     nor for a layer already unpacked under another image: containerd
+//     does not fetch it (core/unpack/unpacker.go, "already exists skip
+//     fetch blob", containerd v2.1.4 and v2.3.5), so moby never hears of it;
+//   - "Already exists": the blob was in the content store, not unpacked;
+//   - "Downloading" {current: offset, total} while a poll finds it partly
+//     written (containerd writes a blob 1 MiB at a time: content.Copy's
+//     copyWithBuffer), "Download complete" (no counts) once it is there,
+//     then "Extracting" and "Pull complete" once unpacked: for reused
+//     layers too, so "Pull complete" alone does not mean downloaded.
 //
 // So a layer is reused when it said "Already exists", and downloaded when
 // it said "Download complete" (or "Pull complete" without "Already
 // exists"). Its bytes are its total once its download completed, otherwise
-// the largest current it reported; a layer the containerd store fetched
-// between two polls reports no size, so bytes are a lower bound there.
+// the largest current it reported. On the containerd store a layer under
+// 1 MiB, or one fetched between two polls, reports no size, so bytes are a
+// lower bound there, and layers reused are rarely seen.
 //
 // Work is bounded per byte (a line is scanned once and decoded once) and
 // memory is bounded whatever the stream holds: lines longer than MaxLine

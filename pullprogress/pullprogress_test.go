@@ -28,8 +28,10 @@ const (
 {"status":"Digest: sha256:4f53e2564790c8e7856ec08e384732aa38dc43c52f02952483e3f003afbf23db"}
 {"status":"Status: Downloaded newer image for 127.0.0.1:5000/pg/app:1"}
 `
-	// The same engine pulling an image it has: every layer exists.
-	graphDriverHit = `{"status":"Pulling from pg/app","id":"1"}
+	// The same engine pulling an image whose layers it has, under another
+	// image (an image it has itself says nothing per layer: the hit
+	// below).
+	graphDriverLayersLocal = `{"status":"Pulling from pg/app","id":"1"}
 {"status":"Already exists","progressDetail":{},"id":"aaaaaaaaaaaa"}
 {"status":"Already exists","progressDetail":{},"id":"bbbbbbbbbbbb"}
 {"status":"Digest: sha256:4f53e2564790c8e7856ec08e384732aa38dc43c52f02952483e3f003afbf23db"}
@@ -54,9 +56,9 @@ const (
 {"status":"Digest: sha256:4f53e2564790c8e7856ec08e384732aa38dc43c52f02952483e3f003afbf23db"}
 {"status":"Status: Downloaded newer image for 127.0.0.1:5000/pg/app:1"}
 `
-	// The containerd image store pulling an image it wholly has: no
-	// layer is mentioned (hideLayers).
-	containerdHit = `{"status":"Pulling from pg/app","id":"1"}
+	// Either store pulling an image it wholly has: no layer is mentioned
+	// (graph drivers: pullSchema2Layers; containerd: hideLayers).
+	wholeHit = `{"status":"Pulling from pg/app","id":"1"}
 {"status":"Digest: sha256:4f53e2564790c8e7856ec08e384732aa38dc43c52f02952483e3f003afbf23db"}
 {"status":"Status: Image is up to date for 127.0.0.1:5000/pg/app:1"}
 `
@@ -77,11 +79,11 @@ func TestParserCountsLayersAndBytesAsEachEngineReportsThem(t *testing.T) {
 		want   Result
 	}{
 		{"graph driver, two layers downloaded", graphDriverMiss, Result{LayersReused: 1, LayersDownloaded: 2, BytesDownloaded: 2048 + 300}},
-		{"graph driver, every layer local", graphDriverHit, Result{LayersReused: 2}},
+		{"graph driver, every layer local under another image", graphDriverLayersLocal, Result{LayersReused: 2}},
 		{"containerd store, one reused and a size only where a poll saw it", containerdMiss, Result{LayersReused: 1, LayersDownloaded: 2, BytesDownloaded: 4194304}},
-		{"containerd store, wholly local: nothing per layer", containerdHit, Result{}},
+		{"an image wholly local: nothing per layer", wholeHit, Result{}},
 		{"a failure keeps the engine's message and the bytes that came", failed, Result{BytesDownloaded: 700, Error: "unexpected EOF"}},
-		{"the last line without its newline counts", strings.TrimSuffix(graphDriverHit, "\n"), Result{LayersReused: 2}},
+		{"the last line without its newline counts", strings.TrimSuffix(graphDriverLayersLocal, "\n"), Result{LayersReused: 2}},
 		{"a message that is not JSON is passed over", "garbage\n{\"status\":\"Already exists\",\"id\":\"x\"}\n{\"status\":\"Download complete\",\"id\":", Result{LayersReused: 1}},
 		{"negative and absurd sizes do not underflow or overflow", `{"status":"Downloading","progressDetail":{"current":-5,"total":-9},"id":"a"}
 {"status":"Downloading","progressDetail":{"current":9223372036854775807,"total":9223372036854775807},"id":"b"}
@@ -156,7 +158,7 @@ func itoa(i int) string {
 // panicking, within the bounds; counts are never negative and a layer is
 // counted once.
 func FuzzParser(f *testing.F) {
-	for _, s := range []string{graphDriverMiss, graphDriverHit, containerdMiss, containerdHit, failed} {
+	for _, s := range []string{graphDriverMiss, graphDriverLayersLocal, containerdMiss, wholeHit, failed} {
 		f.Add([]byte(s), uint8(3))
 		f.Add([]byte(crlf(s)), uint8(1))
 	}

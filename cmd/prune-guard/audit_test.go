@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prune-guard/prune-guard/auditlog"
 	"github.com/prune-guard/prune-guard/policy"
 )
 
@@ -307,5 +308,39 @@ func TestAuditCacheReadsTheLogAndRefusesBadFlags(t *testing.T) {
 		if _, _, err := runAudit(t, "", append([]string{"audit", "cache"}, append(args, path)...)...); err == nil {
 			t.Errorf("audit cache %v succeeded", args)
 		}
+	}
+}
+
+// Every single-line example in docs/audit.md (```json) is an audit record the
+// reader takes: a decision, or a pull record with its pull fields.
+func TestDocumentedAuditRecordsParse(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/audit.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllSubmatch(doc, -1)
+	pulls := 0
+	for _, b := range blocks {
+		r := auditlog.NewReader(bytes.NewReader(b[1]))
+		for {
+			l, err := r.Next()
+			if err != nil {
+				break
+			}
+			if l.Pull != nil {
+				pulls++
+				if l.IsDecision || l.Pull.Registry == "" || l.Pull.Result == "" || l.Target == "" {
+					t.Errorf("pull record example lacks its fields: %s", l.Raw)
+				}
+			} else if !l.IsDecision {
+				t.Errorf("example is neither a decision nor a pull record: %s", l.Raw)
+			}
+		}
+		if r.Skipped > 0 {
+			t.Errorf("an example in docs/audit.md is not an audit record:\n%s", b[1])
+		}
+	}
+	if len(blocks) < 3 || pulls == 0 {
+		t.Errorf("%d json examples, %d pull records; want the decisions and a pull record", len(blocks), pulls)
 	}
 }
