@@ -230,7 +230,8 @@ report:
   - the images reclaim removed that were pulled again within 24 hours
     ("evicted too early"), each with what would have kept it: a longer
     --min-age, protecting its repository (--protect-image, or protect.images in
-    the policy file), or --keep-per-repo. Reclaim's removals are in the log
+    the policy file), or --keep-per-repo (reclaim's keep-N rule, where reclaim
+    has it). Reclaim's removals are in the log
     reclaim writes (reclaim --audit-log); give the same file to both, or
     concatenate the two logs on standard input.
 
