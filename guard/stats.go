@@ -11,7 +11,7 @@ import (
 )
 
 // Stats counts decisions since start. Reads, the bulk of all traffic, cost
-// one atomic add; destructive decisions take a short lock.
+// one atomic add; destructive decisions and pulls take a short lock.
 type Stats struct {
 	started      time.Time
 	reads        atomic.Int64
