@@ -43,6 +43,9 @@ type SystemdOptions struct {
 	// the others are masked, and so are these unless named here or
 	// given in Units.
 	Unmask []string
+	// UsrWritable lets the container write to /usr (into a throwaway
+	// layer over the host's), for a test that installs into it.
+	UsrWritable bool
 }
 
 // Systemd is systemd running as PID 1 of a throwaway container
@@ -107,6 +110,9 @@ func BootSystemd(t testing.TB, opts SystemdOptions) *Systemd {
 		"--register=no", "--keep-unit", "--link-journal=no", "--quiet",
 		// The host's /usr, with opts.Usr on top, read-only.
 		"--overlay-ro=/usr:" + upper + ":/usr",
+	}
+	if opts.UsrWritable {
+		args[len(args)-1] = "--overlay=/usr:" + upper + ":/usr"
 	}
 	for _, c := range sortedKeys(opts.Binds) {
 		args = append(args, "--bind="+opts.Binds[c]+":"+c)
