@@ -75,7 +75,7 @@ func (r restartable) denyCaughtUp(t *testing.T, args ...string) string {
 		if time.Now().After(deadline) {
 			t.Fatalf("the restarted plugin has not caught up with the engine's events within 15 s:\n%s", d)
 		}
-		time.Sleep(100 * time.Millisecond) // the replay takes ~100 ms
+		time.Sleep(100 * time.Millisecond) // the replay takes as long as the engine takes to send it
 	}
 }
 

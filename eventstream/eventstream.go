@@ -1,15 +1,15 @@
 // Package eventstream follows a Docker Engine's event stream for the packages
 // that learn from it: runs (which CI jobs ended) and reclaim (which images
 // were used). It negotiates the API version, subscribes with since, until and
-// filters, reconnects with a backoff, tells the engine's replay of the events
-// it keeps from the live ones, and counts that replay, so that a caller can
-// judge whether the engine still held everything it asked for. Every event is
-// dated by one rule, Time.
+// filters, reconnects with a backoff, reads the engine's replay of the events
+// it keeps as a stream the engine itself ends, and counts that replay, so
+// that a caller can judge whether the engine still held everything it asked
+// for. Every event is dated by one rule, Time.
 //
 // It must never change anything on the engine (it pings and reads events),
-// never drop or reorder an event it received, and never judge coverage
-// itself: what a replay's length means for a decision is the caller's
-// business.
+// never drop or reorder an event it received, never take silence for the end
+// of a replay, and never judge coverage itself: what a replay's length means
+// for a decision is the caller's business.
 package eventstream
 
 import (
@@ -32,10 +32,6 @@ import (
 // An unfiltered replay that returns this many may have lost older ones; a
 // filtered one is a part of those 256, so its length says nothing.
 const Kept = 256
-
-// quietReplay: after this long without an event, a new subscription has
-// sent all the events dockerd replays (it writes them at once).
-const quietReplay = 100 * time.Millisecond
 
 // Time is when m happened, by the one rule every reader of the engine's
 // events applies: its TimeNano, else its Time (whole seconds), else, for an
@@ -92,10 +88,13 @@ type Replay struct {
 	Since, Until time.Time
 	// Subscribed is when the subscription was asked for, on the
 	// follower's clock: once its replay is over, every event dated before
-	// it that the engine still keeps has been handed over.
+	// it that the engine still keeps has been handed over. While
+	// following, it is the until of the bounded replay Follow reads first.
 	Subscribed time.Time
 	// N is how many events the engine replayed. An unfiltered replay of
-	// at least Kept events may have lost older ones since Since.
+	// at least Kept events may have lost older ones since Since. While
+	// following, it counts the bounded replay and, when CaughtUp is called
+	// a second time, the live subscription's own replay as well.
 	N int
 	// Oldest is the oldest replayed event's time (zero if none).
 	Oldest time.Time
@@ -107,12 +106,15 @@ type Replay struct {
 	Early bool
 }
 
-// replayCount counts the events dockerd replays to a new subscription. They
-// come first and are all older than the first event's arrival (dockerd
-// takes its replay before sending anything); a dated event after that
-// arrival is live, and ends the replay. Events published between dockerd's
-// replay and the first arrival are counted too, and so are undated ones,
-// which only errs towards a longer replay.
+// replayCount counts the events dockerd replays to the live subscription
+// Follow opens after its bounded replay: the events since that replay's
+// until, which dockerd sends before the live ones. They are all older than
+// the first event's arrival (dockerd takes its replay before sending
+// anything); a dated event after that arrival is live, and ends the count.
+// Events published between dockerd's replay and the first arrival are
+// counted too, and so are undated ones, which only errs towards a longer
+// replay. Nothing waits for the count to end: it only adds to the bounded
+// replay's, to tell whether the two together reached Kept.
 type replayCount struct {
 	end    time.Time // arrival of the first event
 	n      int
@@ -148,9 +150,14 @@ type Engine interface {
 type Handler interface {
 	// Event is called for each event.
 	Event(Event)
-	// CaughtUp is called once per subscription, when the engine's replay
-	// is over and Seed (if set) has returned: the events the engine kept
-	// from the subscription's since have all been handed over.
+	// CaughtUp is called once per subscription, when Seed (if set) has
+	// returned and the engine has ended the bounded replay from the
+	// subscription's since: the events the engine kept from since to
+	// the replay's until (Replay.Subscribed) have all been handed over,
+	// and Replay.N counts them exactly. It is called a second time, with
+	// N counting both, if the live subscription's own replay (the events
+	// since that until) takes the count to Kept: events may then have
+	// been lost before the oldest one.
 	CaughtUp(Replay)
 	// Broken is called when a subscription ends, or could not start,
 	// while ctx is live; the follower subscribes again after retry.
@@ -167,18 +174,19 @@ type Follower struct {
 	// Filters narrow the subscriptions as dockerd's filters parameter
 	// does (type, event, ...); nil for every event.
 	Filters client.Filters
-	// Seed, if set, runs alongside each subscription of Follow, from when
-	// the engine has accepted it: a listing of what is there, so that
-	// anything that changes later is an event. The stream is read
-	// meanwhile. An error ends the subscription, and is what Broken is
-	// told.
+	// Seed, if set, runs at the start of each subscription of Follow,
+	// before its bounded replay: a listing of what is there, so that
+	// anything that changes later is an event, and anything that changed
+	// before is in the replay, which reaches past the listing. An error
+	// ends the subscription, and is what Broken is told.
 	Seed func(ctx context.Context) error
 	// The wait before subscribing again starts at MinBackoff, doubles up
 	// to MaxBackoff after each subscription that ends, and is back at
 	// MinBackoff after one that caught up.
 	MinBackoff, MaxBackoff time.Duration
-	// Now is the follower's clock (time.Now if nil): when it subscribes,
-	// receives an event, and whether Until has come.
+	// Now is the follower's clock (time.Now if nil): the until of each
+	// bounded replay, when it receives an event, and whether Until has
+	// come.
 	Now func() time.Time
 }
 
@@ -186,8 +194,8 @@ type Follower struct {
 // without an error (dockerd closes its streams when it stops).
 var errClosed = errors.New("the engine closed it")
 
-// Follow subscribes to the engine's events from since (zero: the live
-// ones only) and hands them to h until ctx ends. After a subscription ends
+// Follow subscribes to the engine's events from since (zero: from when it
+// subscribes) and hands them to h until ctx ends. After a subscription ends
 // it tells h and subscribes again, after the backoff, from the newest dated
 // event received: that replay repeats the events at that time, which h must
 // take twice as it takes them once. Follow returns when ctx ends; h is not
@@ -213,74 +221,86 @@ func (f *Follower) Follow(ctx context.Context, since time.Time, h Handler) {
 	}
 }
 
-// subscribe opens one subscription from since and hands its events to h
-// until it ends. It returns where the next should start, whether this one
-// caught up, and why it ended.
+// subscribe runs one subscription from since until it ends, and returns
+// where the next should start, whether this one caught up, and why it
+// ended.
+//
+// Whether the engine's replay is over is never judged by timing: an engine
+// under load can take any time to send it. The subscription first lists
+// (Seed), then reads the engine's replay from since as a bounded stream up
+// to until, now, which the engine ends itself once it has sent the events
+// it keeps in that range, so that its end and its count are exact and
+// reach past the listing. Only then does it follow the live events from
+// until: dockerd first replays those since until, which bridges the gap
+// between the two streams, and whose count adds to the bounded one (events
+// the engine took after until, while it answered the bounded replay, were
+// kept but not sent by it; they are in this replay).
 func (f *Follower) subscribe(ctx context.Context, since time.Time, h Handler) (time.Time, bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rep := Replay{Since: since, Subscribed: f.now()}
-	// The stream's context lives as long as the follower: the version must
-	// be settled within the timeout first.
+	// The streams' context lives as long as the follower: the version
+	// must be settled within the timeout first.
 	if err := engine.Negotiate(ctx, f.Engine, f.Timeout); err != nil {
 		return since, false, err
 	}
-	stream := f.Engine.Events(ctx, f.options(since, time.Time{}))
-	seeded, seeding := make(chan error, 1), f.Seed != nil
-	if seeding {
-		go func() { seeded <- f.Seed(ctx) }()
-		// Nothing the follower started outlives it.
-		defer func() {
-			if seeding {
-				cancel()
-				<-seeded
-			}
-		}()
+	if f.Seed != nil {
+		if err := f.Seed(ctx); err != nil {
+			return since, false, err
+		}
 	}
+	last := since
+	hand := func(e Event) {
+		if e.Dated && e.At.After(last) {
+			last = e.At
+		}
+		h.Event(e)
+	}
+	// dockerd refuses an until before since; a since ahead of the clock
+	// has nothing before it to replay but the events at since.
+	until := f.now()
+	if until.Before(since) {
+		until = since
+	}
+	rep := Replay{Since: since, Subscribed: until}
+	if !since.IsZero() {
+		if err := f.read(ctx, since, until, &rep, hand); err != nil {
+			return last, false, err
+		}
+	}
+	stream := f.Engine.Events(ctx, f.options(until, time.Time{}))
+	h.CaughtUp(rep)
 	var (
-		r        replayCount
-		last     = since
-		quiet    = time.NewTimer(quietReplay)
-		replayed bool // the engine has sent its replay
-		caughtUp bool
+		r    replayCount
+		live bool // the live subscription's replay is over
+		lost = rep.N >= Kept
 	)
-	defer quiet.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return last, caughtUp, ctx.Err()
-		case err := <-seeded:
-			seeding = false
-			if err != nil {
-				return last, caughtUp, err
-			}
+			return last, true, ctx.Err()
 		case err := <-stream.Err:
 			if err == nil || errors.Is(err, io.EOF) {
 				err = errClosed
 			}
-			return last, caughtUp, err
-		case <-quiet.C:
-			replayed = true
+			return last, true, err
 		case m := <-stream.Messages:
 			now := f.now()
 			e := Received(m, now)
-			if !replayed {
-				if r.add(e, now) {
-					replayed = true
-				} else {
+			if !live {
+				if live = r.add(e, now); !live {
 					e.Replayed = true
-					quiet.Reset(quietReplay)
 				}
 			}
-			if e.Dated && e.At.After(last) {
-				last = e.At
+			hand(e)
+			if !live && !lost && rep.N+r.n >= Kept {
+				lost = true
+				both := rep
+				both.N += r.n
+				if both.Oldest.IsZero() || r.oldest.Before(both.Oldest) {
+					both.Oldest = r.oldest
+				}
+				h.CaughtUp(both)
 			}
-			h.Event(e)
-		}
-		if !caughtUp && replayed && !seeding {
-			caughtUp = true
-			rep.N, rep.Oldest = r.n, r.oldest
-			h.CaughtUp(rep)
 		}
 	}
 }
@@ -291,8 +311,6 @@ func (f *Follower) subscribe(ctx context.Context, since time.Time, h Handler) (t
 // stream that breaks is an error, since a caller that replays answers now
 // and cannot wait for a reconnection.
 func (f *Follower) Replay(ctx context.Context, since, until time.Time, each func(Event)) (Replay, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	rep := Replay{Since: since, Until: until, Subscribed: f.now()}
 	if err := engine.Negotiate(ctx, f.Engine, f.Timeout); err != nil {
 		return rep, err
@@ -301,17 +319,30 @@ func (f *Follower) Replay(ctx context.Context, since, until time.Time, each func
 	// against how long it took.
 	left := until.Sub(f.now())
 	deadline := time.Now().Add(left)
+	if err := f.read(ctx, since, until, &rep, each); err != nil {
+		return rep, err
+	}
+	rep.Early = left <= 0 || time.Now().Before(deadline)
+	return rep, nil
+}
+
+// read reads one bounded subscription, since to until, until the engine
+// ends it, and counts it into rep, handing each event to each, as
+// replayed.
+func (f *Follower) read(ctx context.Context, since, until time.Time, rep *Replay, each func(Event)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stream := f.Engine.Events(ctx, f.options(since, until))
 	for {
 		select {
 		case <-ctx.Done():
-			return rep, ctx.Err()
+			return ctx.Err()
 		case err := <-stream.Err:
+			// The client sends every message before the stream's end.
 			if err != nil && !errors.Is(err, io.EOF) {
-				return rep, err
+				return err
 			}
-			rep.Early = left <= 0 || time.Now().Before(deadline)
-			return rep, nil
+			return nil
 		case m := <-stream.Messages:
 			e := Received(m, f.now())
 			e.Replayed = true

@@ -3,6 +3,7 @@ package eventstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/client"
 )
 
 // epoch is the follower's clock when a test starts.
@@ -47,6 +49,10 @@ type recorder struct {
 	events chan Event
 	caught chan Replay
 	broken chan broken
+	// before is sent, with each CaughtUp, how many events were handed
+	// over before it (the follower calls a handler from one goroutine).
+	before chan int
+	handed int
 }
 
 type broken struct {
@@ -55,11 +61,11 @@ type broken struct {
 }
 
 func newRecorder() *recorder {
-	return &recorder{events: make(chan Event, 1024), caught: make(chan Replay, 64), broken: make(chan broken, 64)}
+	return &recorder{events: make(chan Event, 1024), caught: make(chan Replay, 64), broken: make(chan broken, 64), before: make(chan int, 64)}
 }
 
-func (r *recorder) Event(e Event)                         { r.events <- e }
-func (r *recorder) CaughtUp(rep Replay)                   { r.caught <- rep }
+func (r *recorder) Event(e Event)                         { r.handed++; r.events <- e }
+func (r *recorder) CaughtUp(rep Replay)                   { r.before <- r.handed; r.caught <- rep }
 func (r *recorder) Broken(err error, retry time.Duration) { r.broken <- broken{err, retry} }
 
 // next receives from ch, failing the test if nothing comes (the bound
@@ -118,7 +124,7 @@ func TestTime(t *testing.T) {
 	}
 }
 
-func TestFollowTellsTheReplayFromTheLiveEventsAndCountsIt(t *testing.T) {
+func TestFollowCountsTheBoundedReplayExactlyBeforeCatchingUp(t *testing.T) {
 	since := epoch.Add(-time.Minute)
 	tests := []struct {
 		name       string
@@ -126,32 +132,34 @@ func TestFollowTellsTheReplayFromTheLiveEventsAndCountsIt(t *testing.T) {
 		wantFlags  []bool // Replayed, per event handed over before CaughtUp
 		wantN      int
 		wantOldest time.Time
+		wantNext   string // the first event handed over after CaughtUp, if any
 	}{
-		{"events before since are not sent; those since, up to the first arrival, are the replay",
+		{"events before since are not sent; those since, up to the subscription, are the replay",
 			[]events.Message{dated("before", since.Add(-time.Second)), dated("a", since), dated("b", epoch.Add(-time.Second))},
-			[]bool{true, true}, 2, since},
-		{"a dated event after the first arrival is live and ends the replay",
+			[]bool{true, true}, 2, since, ""},
+		{"an event after the subscription is left to the live stream",
 			[]events.Message{dated("a", since.Add(time.Second)), dated("live", epoch.Add(time.Hour))},
-			[]bool{true, false}, 1, since.Add(time.Second)},
-		{"an undated event never ends the replay and counts as received",
+			[]bool{true}, 1, since.Add(time.Second), "live"},
+		{"an undated event counts as replayed",
 			[]events.Message{undated("u1"), dated("a", since.Add(time.Second)), undated("u2")},
-			[]bool{true, true, true}, 3, since.Add(time.Second)},
+			[]bool{true, true, true}, 3, since.Add(time.Second), ""},
 		{"a replay of undated events alone is as old as its first receipt",
 			[]events.Message{undated("u1"), undated("u2")},
-			[]bool{true, true}, 2, epoch.Add(time.Millisecond)},
-		{"nothing to replay is a replay of none", nil, nil, 0, time.Time{}},
+			[]bool{true, true}, 2, epoch.Add(time.Millisecond), ""},
+		{"nothing to replay is a replay of none", nil, nil, 0, time.Time{}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFake(t)
 			f.log = tt.log
 			rec := newRecorder()
-			// The clock is read once when subscribing, then once per
-			// event: receipts are 1 ms apart, from epoch + 1 ms.
+			// The clock is read once for the bounded replay's until,
+			// then once per event: receipts are 1 ms apart, from
+			// epoch + 1 ms.
 			follow(t, follower(f, &clock{t: epoch, step: time.Millisecond}), since, rec)
 			rep := next(t, "the replay to be over", rec.caught)
 			var flags []bool
-			for len(rec.events) > 0 {
+			for range <-rec.before {
 				flags = append(flags, (<-rec.events).Replayed)
 			}
 			if len(flags) != len(tt.wantFlags) || !equalBools(flags, tt.wantFlags) {
@@ -159,6 +167,83 @@ func TestFollowTellsTheReplayFromTheLiveEventsAndCountsIt(t *testing.T) {
 			}
 			if rep.N != tt.wantN || !rep.Oldest.Equal(tt.wantOldest) || !rep.Since.Equal(since) || !rep.Subscribed.Equal(epoch) {
 				t.Errorf("replay = %+v; want %d events, oldest %v, since %v, subscribed %v", rep, tt.wantN, tt.wantOldest, since, epoch)
+			}
+			if tt.wantNext != "" {
+				if e := next(t, "the live event", rec.events); e.Actor.ID != tt.wantNext || e.Replayed {
+					t.Errorf("after catching up: %s (replayed %v), want %s, live", e.Actor.ID, e.Replayed, tt.wantNext)
+				}
+			}
+			subs := f.subscriptions()
+			if len(subs) != 2 || subs[0].Since != unixNano(since) || subs[0].Until != unixNano(epoch) ||
+				subs[1].Since != unixNano(epoch) || subs[1].Until != "" {
+				t.Errorf("subscriptions %+v, want a bounded replay from %s to %s, then the live events from %s",
+					subs, unixNano(since), unixNano(epoch), unixNano(epoch))
+			}
+		})
+	}
+}
+
+// Events the engine took after the bounded replay's until are not sent by
+// it, yet they count in the engine's 256: they can push events since since
+// out of its buffer while the bounded replay counts fewer than Kept. The
+// live subscription replays them first; counted with the bounded replay,
+// they tell.
+func TestFollowCountsTheLiveSubscriptionsOwnReplayWithTheBoundedOne(t *testing.T) {
+	since := epoch.Add(-time.Hour)
+	tests := []struct {
+		name            string
+		before, after   int // events dated before and after the bounded replay's until
+		wantN, wantBoth int // the counts CaughtUp is told, 0 for no second call
+		wantOldest      time.Time
+	}{
+		{"together they reach Kept: blind before the oldest replayed event", Kept - 10, 20,
+			Kept - 20, Kept, since.Add(11 * time.Second)},
+		{"together they stay short of Kept: no second call", 100, 20, 100, 0, since.Add(time.Second)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake(t)
+			for i := range tt.before {
+				f.log = append(f.log, dated(fmt.Sprint("old", i), since.Add(time.Duration(i+1)*time.Second)))
+			}
+			for i := range tt.after {
+				f.log = append(f.log, dated(fmt.Sprint("gap", i), epoch.Add(time.Duration(i+1)*time.Millisecond)))
+			}
+			rec := newRecorder()
+			// until is epoch; receipts are an hour apart from epoch +
+			// 1 h, so the events after until are all older than the
+			// live subscription's first receipt.
+			follow(t, follower(f, &clock{t: epoch, step: time.Hour}), since, rec)
+			rep := next(t, "the bounded replay to be over", rec.caught)
+			if rep.N != tt.wantN || !rep.Oldest.Equal(tt.wantOldest) || !rep.Subscribed.Equal(epoch) {
+				t.Errorf("caught up with %+v; want %d events, the oldest at %v, up to %v", rep, tt.wantN, tt.wantOldest, epoch)
+			}
+			if tt.wantBoth != 0 {
+				both := next(t, "the second call", rec.caught)
+				if both.N != tt.wantBoth || !both.Oldest.Equal(tt.wantOldest) || !both.Since.Equal(since) || !both.Subscribed.Equal(epoch) {
+					t.Errorf("second call %+v; want %d events, the oldest at %v", both, tt.wantBoth, tt.wantOldest)
+				}
+			}
+			// Once two live events are handed over, every call the
+			// replay could cause has been made.
+			f.publish(dated("live1", epoch.Add(1000*time.Hour)), dated("live2", epoch.Add(1001*time.Hour)))
+			var gap int
+			for e := next(t, "an event", rec.events); e.Actor.ID != "live2"; e = next(t, "an event", rec.events) {
+				if strings.HasPrefix(e.Actor.ID, "gap") {
+					gap++
+					if !e.Replayed {
+						t.Errorf("%s not marked replayed", e.Actor.ID)
+					}
+				}
+				if e.Actor.ID == "live1" && e.Replayed {
+					t.Errorf("live1 marked replayed")
+				}
+			}
+			if gap != tt.after {
+				t.Errorf("%d events after until handed over, want %d", gap, tt.after)
+			}
+			if n := len(rec.caught); n != 0 {
+				t.Errorf("%d more calls to CaughtUp: %+v", n, <-rec.caught)
 			}
 		})
 	}
@@ -181,7 +266,9 @@ func TestFollowHandsOverLiveEventsInTheOrderTheEngineSentThem(t *testing.T) {
 	var ids []string
 	for i := range 50 {
 		m := dated(string(rune('a'+i%26))+strings.Repeat("'", i/26), epoch.Add(time.Duration(50-i)*time.Second))
-		if i%7 == 0 {
+		// The first is dated, after the subscription: the live
+		// subscription has replayed nothing.
+		if i%7 == 3 {
 			m = undated(m.Actor.ID)
 		}
 		ids = append(ids, m.Actor.ID)
@@ -226,8 +313,9 @@ func TestFollowResubscribesFromTheNewestDatedEventAfterTheStreamBreaks(t *testin
 			if !rep.Since.Equal(newest) {
 				t.Errorf("resubscribed since %v, want the newest dated event's time %v (not an undated receipt, nor the last event's)", rep.Since, newest)
 			}
-			if subs := f.subscriptions(); len(subs) != 2 || subs[1].Since != unixNano(newest) {
-				t.Errorf("subscriptions %+v, want a second one since %s", subs, unixNano(newest))
+			// Each subscription is a bounded replay and the live events.
+			if subs := f.subscriptions(); len(subs) != 4 || subs[2].Since != unixNano(newest) || subs[2].Until == "" {
+				t.Errorf("subscriptions %+v, want a second one replaying since %s", subs, unixNano(newest))
 			}
 		})
 	}
@@ -260,10 +348,10 @@ func TestFollowWaitsLongerAfterEachFailedSubscriptionAndNoLongerOnceOneCatchesUp
 	}
 }
 
-func TestFollowCatchesUpOnlyOnceTheSeedHasListed(t *testing.T) {
+func TestFollowListsFirstAndCatchesUpOnlyOnceTheSeedHasListed(t *testing.T) {
 	f := newFake(t)
-	f.log = []events.Message{dated("live", epoch.Add(time.Hour))} // ends the replay at once
-	release := make(chan struct{})
+	f.log = []events.Message{dated("a", epoch.Add(-time.Second))}
+	release, listing := make(chan struct{}), make(chan struct{}, 1)
 	var seeds int
 	fl := follower(f, &clock{t: epoch})
 	fl.Seed = func(ctx context.Context) error {
@@ -271,6 +359,7 @@ func TestFollowCatchesUpOnlyOnceTheSeedHasListed(t *testing.T) {
 		if seeds == 1 {
 			return errors.New("list what is there: boom")
 		}
+		listing <- struct{}{}
 		select {
 		case <-release:
 			return nil
@@ -278,16 +367,17 @@ func TestFollowCatchesUpOnlyOnceTheSeedHasListed(t *testing.T) {
 			return ctx.Err()
 		}
 	}
-	rec := &afterBreak{recorder: newRecorder()}
+	rec := newRecorder()
 	follow(t, fl, epoch.Add(-time.Minute), rec)
 
 	if b := next(t, "the first seed's failure", rec.broken); b.err == nil || b.err.Error() != "list what is there: boom" {
 		t.Errorf("broken: %v, want the seed's error as it is", b.err)
 	}
-	// The second subscription's replay is over once its live event is
-	// handed over; the seed still lists.
-	if e := next(t, "the second subscription's live event", rec.events); e.Replayed {
-		t.Fatalf("event %+v replayed, want it live", e)
+	next(t, "the second seed to list", listing)
+	// The replay reaches past the listing: it is asked for only once the
+	// seed has returned.
+	if subs := f.subscriptions(); len(subs) != 0 {
+		t.Errorf("subscriptions %+v while the seed lists, want none yet", subs)
 	}
 	select {
 	case rep := <-rec.caught:
@@ -295,26 +385,9 @@ func TestFollowCatchesUpOnlyOnceTheSeedHasListed(t *testing.T) {
 	default:
 	}
 	close(release)
-	next(t, "the subscription to catch up", rec.caught)
-}
-
-// afterBreak passes on only the events handed over after a break: the
-// follower calls a handler from one goroutine, so they are the next
-// subscription's.
-type afterBreak struct {
-	*recorder
-	breaks int
-}
-
-func (h *afterBreak) Event(e Event) {
-	if h.breaks > 0 {
-		h.recorder.Event(e)
+	if rep := next(t, "the subscription to catch up", rec.caught); rep.N != 1 {
+		t.Errorf("caught up with %+v, want the one event replayed", rep)
 	}
-}
-
-func (h *afterBreak) Broken(err error, retry time.Duration) {
-	h.breaks++
-	h.recorder.Broken(err, retry)
 }
 
 func TestFollowStopsWhenItsContextEnds(t *testing.T) {
@@ -465,6 +538,44 @@ func TestFollowAndReplayDateAnUndatedEventAtItsReceipt(t *testing.T) {
 	for _, e := range []Event{followed, replayed} {
 		if e.Actor.ID != "u" || e.Dated || !e.At.Equal(epoch) {
 			t.Errorf("event %s at %v (dated %v), want u at its receipt %v", e.Actor.ID, e.At, e.Dated, epoch)
+		}
+	}
+}
+
+// An engine under load can take longer to send its replay than any quiet
+// period: the follower must count the whole replay however late it comes,
+// and catch up only then. The fake holds every stream until the test opens
+// the gate; nothing else is timed.
+func TestFollowCountsTheWholeReplayHoweverLateTheEngineSendsIt(t *testing.T) {
+	since := epoch.Add(-time.Minute)
+	f := newFake(t)
+	for i := range 5 {
+		f.log = append(f.log, dated(string(rune('a'+i)), since.Add(time.Duration(i+1)*time.Second)))
+	}
+	f.gate, f.told = make(chan struct{}), make(chan client.EventsListOptions, 16)
+	rec := newRecorder()
+	follow(t, follower(f, &clock{t: epoch, step: time.Millisecond}), since, rec)
+	next(t, "the first subscription", f.told)
+	// Far longer than the 100 ms of quiet the follower once took for the
+	// replay's end: the engine has sent nothing yet.
+	select {
+	case rep := <-rec.caught:
+		t.Fatalf("caught up (%+v) before the engine sent its replay", rep)
+	case e := <-rec.events:
+		t.Fatalf("event %s handed over before the engine sent it", e.Actor.ID)
+	case <-time.After(500 * time.Millisecond):
+	}
+	close(f.gate)
+	rep := next(t, "the replay to be over", rec.caught)
+	if rep.N != 5 || !rep.Oldest.Equal(since.Add(time.Second)) || !rep.Since.Equal(since) {
+		t.Errorf("replay = %+v; want all 5 events since %v counted, the oldest at %v", rep, since, since.Add(time.Second))
+	}
+	if got := len(rec.events); got != 5 {
+		t.Fatalf("%d events handed over before catching up, want the 5 replayed", got)
+	}
+	for range 5 {
+		if e := <-rec.events; !e.Replayed {
+			t.Errorf("event %s not marked replayed", e.Actor.ID)
 		}
 	}
 }

@@ -24,13 +24,15 @@ type fakeEngine struct {
 	mu       sync.Mutex
 	log      []events.Message
 	streams  map[*fakeStream]bool
-	asked    []client.EventsListOptions // every subscription, in order
-	pingErrs []error                    // the answers to the next pings, in order
-	pingErr  error                      // then the answer to every ping, when set
-	pingHang chan struct{}              // while set and open, a ping does not answer
-	pinged   chan struct{}              // told of each ping, when set
-	untilErr error                      // how a stream with until ends (io.EOF if nil)
-	hold     chan struct{}              // while set and open, a stream with until does not end
+	asked    []client.EventsListOptions    // every subscription, in order
+	pingErrs []error                       // the answers to the next pings, in order
+	pingErr  error                         // then the answer to every ping, when set
+	pingHang chan struct{}                 // while set and open, a ping does not answer
+	pinged   chan struct{}                 // told of each ping, when set
+	untilErr error                         // how a stream with until ends (io.EOF if nil)
+	hold     chan struct{}                 // while set and open, a stream with until does not end
+	gate     chan struct{}                 // while set and open, a stream sends nothing, its replay included
+	told     chan client.EventsListOptions // told of each subscription, when set
 }
 
 // fakeStream is one open subscription's live events and how it ends.
@@ -86,8 +88,11 @@ func (f *fakeEngine) Events(ctx context.Context, opts client.EventsListOptions) 
 	if until.IsZero() {
 		f.streams[s] = true
 	}
-	untilErr, hold := f.untilErr, f.hold
+	untilErr, hold, gate, told := f.untilErr, f.hold, f.gate, f.told
 	f.mu.Unlock()
+	if told != nil {
+		told <- opts
+	}
 
 	msgs, errs := make(chan events.Message), make(chan error, 1)
 	send := func(m events.Message) bool {
@@ -101,6 +106,14 @@ func (f *fakeEngine) Events(ctx context.Context, opts client.EventsListOptions) 
 	}
 	go func() {
 		defer func() { f.mu.Lock(); delete(f.streams, s); f.mu.Unlock() }()
+		if gate != nil {
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				errs <- ctx.Err()
+				return
+			}
+		}
 		for _, m := range replay {
 			if !send(m) {
 				return

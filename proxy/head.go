@@ -62,6 +62,11 @@ type requestHead struct {
 	close       bool   // the client asked to close after this request
 	upgrade     bool   // Connection: upgrade with an Upgrade header
 	upgradeTo   []byte // the Upgrade header's value
+	// What the exchange needs once the head is forwarded, when the bytes
+	// above may be gone: the client reader's buffer fills with the body
+	// and what follows.
+	head       bool // a HEAD request: its answer has no body
+	grpcTunnel bool // BuildKit's control tunnel: POST /grpc upgraded to h2c
 }
 
 // headError is a request the proxy refuses to read, with the reason the
@@ -262,6 +267,8 @@ func (h *requestHead) finish(seen headerCounts) error {
 		h.body = sized
 	}
 	h.upgrade = seen.connUpgrade && h.upgradeTo != nil
+	h.head = string(h.method) == "HEAD"
+	h.grpcTunnel = h.upgradeTo != nil && equalFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target)
 	// An HTTP/1.0 connection is served one request: keeping it alive would
 	// take the keep-alive dance of both ends, which no Docker client needs.
 	h.close = h.close || h.http10
@@ -396,10 +403,10 @@ type responseHead struct {
 	close  bool
 }
 
-// parseResponseHead reads the engine's response head to a request with the
-// given method. The engine is a Go server, so anything unusual here is a
+// parseResponseHead reads the engine's response head to a request, a HEAD
+// request if head. The engine is a Go server, so anything unusual here is a
 // broken connection, not a client to humour: it is an error.
-func parseResponseHead(raw []byte, method []byte) (responseHead, error) {
+func parseResponseHead(raw []byte, head bool) (responseHead, error) {
 	r := responseHead{raw: raw}
 	line, rest, _ := bytes.Cut(raw, crlf)
 	version, rest0, ok := bytes.Cut(line, []byte(" "))
@@ -445,7 +452,7 @@ func parseResponseHead(raw []byte, method []byte) (responseHead, error) {
 		return r, errors.New("engine response: ambiguous framing")
 	}
 	switch {
-	case status < 200 || status == 204 || status == 304 || string(method) == "HEAD":
+	case status < 200 || status == 204 || status == 304 || head:
 		r.body = noBody
 	case tes == 1:
 		r.body = chunked

@@ -15,7 +15,7 @@ import (
 // else (attach and exec with Upgrade: tcp, BuildKit's /session tunnel, in
 // which the engine is the caller) becomes a raw byte pipe.
 func (c *conn) switched(h *requestHead) error {
-	if equalFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target) {
+	if h.grpcTunnel {
 		return c.serveTunnel()
 	}
 	return c.pipe()
@@ -82,6 +82,8 @@ func halfCopy(dst net.Conn, src *bufio.Reader) error {
 // closeEngineConn closes the engine connection without forgetting it, so
 // that a copy still using it ends.
 func (c *conn) closeEngineConn() {
+	c.emu.Lock()
+	defer c.emu.Unlock()
 	if c.e != nil {
 		c.e.Close()
 	}

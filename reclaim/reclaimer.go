@@ -233,7 +233,9 @@ func (q *queue) Event(e eventstream.Event) {
 	}
 }
 
-// CaughtUp: everything the engine kept from before the subscription is in.
+// CaughtUp: everything the engine kept from before the subscription's
+// bounded replay reached (rep.Subscribed) is in. The reclaimer's filters
+// make the count meaningless, so a second call changes nothing.
 func (q *queue) CaughtUp(rep eventstream.Replay) {
 	r := q.r
 	r.mu.Lock()

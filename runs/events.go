@@ -36,9 +36,11 @@ func (t *Tracker) Watch(ctx context.Context, detection func() rules.Detection) {
 	// buffer covered since.
 	f := eventstream.Follower{
 		Engine: t.c, Timeout: t.timeout, MinBackoff: minBackoff, MaxBackoff: maxBackoff, Now: t.now,
-		// Listed after subscribing, so that anything that ends later is
-		// an event; concurrently, so that the stream is read meanwhile
-		// (dockerd drops events for a subscriber that falls behind).
+		// Listed before the replay, which reaches past the listing: a
+		// job that ended before it is in the replay, handed over before
+		// CaughtUp, and one there at the listing that ends later is an
+		// event, or, until its event is read, gone from the next
+		// decision's listing.
 		Seed: func(ctx context.Context) error { return t.seed(ctx, detection()) },
 	}
 	f.Follow(ctx, t.now().Add(-detection().Grace), &watcher{t: t, detection: detection, first: true})
@@ -72,7 +74,9 @@ type watcher struct {
 func (w *watcher) Event(e eventstream.Event) { w.t.apply(e.Message, e.At, w.detection) }
 
 // CaughtUp judges a subscription's replay: the tracker's record is
-// complete from its since, unless the replay filled dockerd's buffer.
+// complete from its since, unless the replay filled dockerd's buffer. It is
+// called again if the live stream's own replay, counted with the bounded
+// one, fills it.
 func (w *watcher) CaughtUp(r eventstream.Replay) {
 	t := w.t
 	t.mu.Lock()
@@ -81,9 +85,12 @@ func (w *watcher) CaughtUp(r eventstream.Replay) {
 	switch {
 	case r.N >= eventstream.Kept:
 		// The replay filled dockerd's buffer: events between since
-		// and the oldest replayed one may be lost.
-		t.cov.from = r.Oldest
-		t.cov.fromWhy = fmt.Sprintf("the engine keeps only its last %d events and prune-guard missed those before %s", eventstream.Kept, clock(r.Oldest))
+		// and the oldest replayed one may be lost. Coverage only
+		// ever starts later.
+		if r.Oldest.After(t.cov.from) {
+			t.cov.from = r.Oldest
+			t.cov.fromWhy = fmt.Sprintf("the engine keeps only its last %d events and prune-guard missed those before %s", eventstream.Kept, clock(r.Oldest))
+		}
 	case w.first:
 		t.cov.from = r.Since
 		t.cov.fromWhy = fmt.Sprintf("prune-guard has followed the engine's events only since %s", clock(r.Since))

@@ -456,3 +456,39 @@ func TestReplayThatFillsTheEnginesBufferWithUndatedEventsIsBlindSinceTheyWereRec
 		}
 	})
 }
+
+// A prune-guard (re)started after a job ended and more than 256 events
+// followed must say it cannot tell, however late the engine sends its
+// replay: on a loaded machine that can be far longer than the 100 ms of
+// quiet the follower once took for the replay's end, after which it counted
+// none, judged the window covered and let image deletes through.
+func TestSlowReplayOfAFullBufferAfterAJobsEndIsBlind(t *testing.T) {
+	f := &fakeEngine{gate: make(chan struct{}), queries: make(chan string, 64)}
+	tr := newTracker(t, f)
+	died := epoch.Add(-grace / 2)
+	f.publish(containerEvent(events.ActionDie, "c1", "job-7", died))
+	f.publish(otherEvents(300, died.Add(time.Second))...)
+	oldestKept := died.Add(time.Second + 44*time.Millisecond)
+	d := graceDetection(t, grace)
+	watch(t, tr, d)
+	for q := range f.queries {
+		if strings.Contains(q, "/events") {
+			break // the engine holds the subscription's replay
+		}
+	}
+	// The engine sends nothing for far longer than 100 ms.
+	<-time.After(500 * time.Millisecond)
+	if st := tr.State(context.Background(), d); st.Blind == nil || !strings.Contains(st.Blind.Why, "not yet received the engine's events") {
+		t.Fatalf("blind = %+v while the engine holds its replay, want blind: not yet received", st.Blind)
+	}
+	close(f.gate)
+	waitFor(t, "the watch to catch up", func() bool { return caughtUp(tr) })
+	st := tr.State(context.Background(), d)
+	if st.Err != nil || st.Blind == nil || !st.Blind.Since.Equal(oldestKept) ||
+		!strings.Contains(st.Blind.Why, "the engine keeps only its last 256 events and prune-guard missed those before ") {
+		t.Fatalf("state = %+v (blind %+v), want blind since the oldest replayed event %v", st, st.Blind, oldestKept)
+	}
+	if len(st.Ended) != 0 {
+		t.Errorf("ended %v: the job's end is no longer in the engine's buffer", endedNames(st))
+	}
+}

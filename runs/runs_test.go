@@ -37,6 +37,7 @@ type fakeEngine struct {
 	subs       map[chan events.Message]bool
 	subscribed int           // subscriptions so far
 	hold       chan struct{} // while set and open, /events does not answer
+	gate       chan struct{} // while set and open, /events answers its headers, then sends nothing
 	broken     chan struct{} // closed to break every open stream
 }
 
@@ -101,6 +102,18 @@ func (f *fakeEngine) events(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	w.(http.Flusher).Flush()
 	enc := json.NewEncoder(w)
+	// dockerd flushes the headers before it takes its replay, so a
+	// client's Events returns before the replay is sent.
+	f.mu.Lock()
+	gate := f.gate
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-r.Context().Done():
+			return
+		}
+	}
 
 	f.mu.Lock()
 	var replay []events.Message
