@@ -84,18 +84,14 @@ func rootGrant(t *testing.T, control string, images ...string) string {
 	return a.Token
 }
 
-// grantClientEnv makes this test binary a grant client for
-// TestHelperAsksForAGrant.
+// grantClientEnv makes this test binary a grant client (TestMain calls
+// askForGrant instead of running the tests), so that asAnotherUser can run
+// it as another user.
 const grantClientEnv = "PG_E2E_GRANT_CLIENT_SOCKET"
 
-// TestHelperAsksForAGrant is not a test: run with grantClientEnv set (by
-// asAnotherUser), it asks that control socket for a grant and prints the
-// answer.
-func TestHelperAsksForAGrant(t *testing.T) {
-	sock := os.Getenv(grantClientEnv)
-	if sock == "" {
-		t.Skip("a helper process: see asAnotherUser")
-	}
+// askForGrant asks the control socket at sock for a grant and prints the
+// answer, for asAnotherUser.
+func askForGrant(sock string) int {
 	body := `{"images":["sha256:` + strings.Repeat("e", 64) + `"],"critical":95,"usage":{"percent":99}}`
 	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
@@ -103,11 +99,12 @@ func TestHelperAsksForAGrant(t *testing.T) {
 	resp, err := c.Post("http://prune-guard/reclaim/grants", "application/json", strings.NewReader(body))
 	if err != nil {
 		fmt.Printf("RESULT: %v\n", err)
-		return
+		return 0
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	fmt.Printf("RESULT: %d %s\n", resp.StatusCode, b)
+	return 0
 }
 
 // asAnotherUser asks control for a grant from a process of user nobody
@@ -131,7 +128,7 @@ func asAnotherUser(t *testing.T, control string) string {
 	if err := os.WriteFile(self, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(self, "-test.run=^TestHelperAsksForAGrant$", "-test.v")
+	cmd := exec.Command(self)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), grantClientEnv+"="+control)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}

@@ -1,89 +1,16 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prune-guard/prune-guard/internal/enginetest"
 )
-
-// reclaimProxy is a "prune-guard proxy" in front of a private engine, for
-// the reclaim tests in proxy mode.
-type reclaimProxy struct {
-	sock, control, audit string
-}
-
-// startReclaimProxy starts "prune-guard proxy" on a socket of its own in
-// front of e, and waits until it answers /_ping. A t.Cleanup stops it.
-func startReclaimProxy(t *testing.T, bin string, e *enginetest.Engine, args ...string) *reclaimProxy {
-	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "pgrp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	p := &reclaimProxy{sock: filepath.Join(dir, "d.sock"), control: filepath.Join(dir, "c.sock"), audit: filepath.Join(dir, "audit.jsonl")}
-	argv := append([]string{"proxy", "--listen", p.sock, "--docker-host", e.Host(), "--control-socket", p.control,
-		"--audit-log", p.audit, "--socket-group", ""}, args...)
-	var log bytes.Buffer
-	cmd := exec.Command(bin, argv...)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("proxy log:\n%s", log.String())
-		}
-	})
-	waitFor(t, 30*time.Second, "the proxy answering /_ping", func() bool {
-		if _, err := os.Stat(p.sock); err != nil {
-			return false
-		}
-		status, _ := unixHTTP(t, p.sock, "GET", "/_ping", nil, nil)
-		return status == http.StatusOK
-	})
-	return p
-}
-
-// lines are the proxy's audit lines.
-func (p *reclaimProxy) lines(t *testing.T) []map[string]any {
-	t.Helper()
-	b, err := os.ReadFile(p.audit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
 
 // In proxy mode too, reclaim's own deletes pass during a job by their
 // grants and nothing else does, and a budgeted build prune passes when no
@@ -93,7 +20,7 @@ func TestReclaimThroughTheProxy(t *testing.T) {
 	disk := enginetest.NewSmallDisk(t, 288<<20)
 	e := enginetest.Start(t, enginetest.Options{ExtraArgs: disk.Args()})
 	bin := enginetest.BuildBinary(t)
-	px := startReclaimProxy(t, bin, e, "--run-grace", "0s")
+	px := enginetest.StartProxy(t, bin, e)
 
 	// Build cache (BuildKit, context in the body: no plugin is in the
 	// engine's chain), untagged so no image shares it.
@@ -112,15 +39,15 @@ func TestReclaimThroughTheProxy(t *testing.T) {
 	}
 	job := e.BuildImage(t, "pg-px-job:1", nil, nil)
 	dir := t.TempDir()
-	r := reclaimer{bin: bin, host: "unix://" + px.sock, state: filepath.Join(dir, "state.json"), audit: filepath.Join(dir, "reclaim.jsonl")}
+	r := reclaimer{bin: bin, host: px.Host(), state: filepath.Join(dir, "state.json"), audit: filepath.Join(dir, "reclaim.jsonl")}
 	seedState(t, r.state, map[string]time.Duration{old[0]: 5 * time.Hour, old[1]: 4 * time.Hour, old[2]: 3 * time.Hour, job: 9 * time.Hour})
 
 	t.Run("without a job the budgeted build prune passes the proxy", func(t *testing.T) {
-		out := r.mustRun(t, "--high", "99", "--low", "98", "--build-cache-max", "12MiB", "--control-socket", px.control)
+		out := r.mustRun(t, "--high", "99", "--low", "98", "--build-cache-max", "12MiB", "--control-socket", px.ControlSocket())
 		if !strings.Contains(out, "build cache: ") || !strings.Contains(out, "(budget 12MiB, ") {
 			t.Errorf("output does not show the budgeted prune:\n%s", out)
 		}
-		i := slices.IndexFunc(px.lines(t), func(l map[string]any) bool { return l["operation"] == "build-prune" && l["decision"] == "allow" })
+		i := slices.IndexFunc(px.AuditLines(t), func(l map[string]any) bool { return l["operation"] == "build-prune" && l["decision"] == "allow" })
 		if i < 0 {
 			t.Errorf("the proxy audited no allowed build prune")
 		}
@@ -129,7 +56,7 @@ func TestReclaimThroughTheProxy(t *testing.T) {
 	e.MustDocker(t, "run", "-d", "--label", runLabel+"=job-px", "--name", "pg-px-job", "pg-px-job:1")
 	t.Run("a plain delete and a made-up grant are refused through the proxy during the job", func(t *testing.T) {
 		for _, h := range []map[string]string{nil, {grantHeader: "pgg_0123456789abcdef0123456789abcdef"}} {
-			status, body := unixHTTP(t, px.sock, "DELETE", "/images/"+old[0], h, nil)
+			status, body := unixHTTP(t, px.Socket(), "DELETE", "/images/"+old[0], h, nil)
 			if status != http.StatusForbidden || !strings.Contains(body, "(rule no-delete-during-run)") {
 				t.Errorf("DELETE through the proxy with %v = %d %s; want the run's denial", h, status, body)
 			}
@@ -144,7 +71,7 @@ func TestReclaimThroughTheProxy(t *testing.T) {
 		total, _ := disk.Usage(t)
 		u, unit := disk.Percent(t), 100*float64(perImage)/float64(total)
 		mark := r.mark(t)
-		r.mustRun(t, "--high", pct(u-1), "--low", pct(u-2.6*unit), "--critical", pct(u-0.5), "--control-socket", px.control)
+		r.mustRun(t, "--high", pct(u-1), "--low", pct(u-2.6*unit), "--critical", pct(u-0.5), "--control-socket", px.ControlSocket())
 		var removed []string
 		for _, l := range withMsg(r.events(t, mark), "reclaim removed image") {
 			removed = append(removed, fmt.Sprint(l["image"]))
@@ -153,7 +80,7 @@ func TestReclaimThroughTheProxy(t *testing.T) {
 			t.Errorf("removed %v; want %v", removed, old)
 		}
 		for _, id := range old {
-			if !slices.ContainsFunc(px.lines(t), func(l map[string]any) bool {
+			if !slices.ContainsFunc(px.AuditLines(t), func(l map[string]any) bool {
 				return l["target"] == id && l["rule"] == "reclaim-grant" && l["decision"] == "allow"
 			}) {
 				t.Errorf("the proxy did not audit %s as allowed by a reclaim grant", id)

@@ -144,9 +144,43 @@ func WriteMetrics(w io.Writer, s Status) {
 	} {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", m.name, m.help, m.name, m.name, m.v)
 	}
+	writePulls(w, s)
 	fmt.Fprintln(w, "# HELP prune_guard_start_time_seconds When prune-guard started.")
 	fmt.Fprintln(w, "# TYPE prune_guard_start_time_seconds gauge")
 	fmt.Fprintf(w, "prune_guard_start_time_seconds %d\n", s.Stats.Started.Unix())
+}
+
+// writePulls writes the pull counters. Layers and bytes are written in
+// proxy mode only, the one mode that sees a pull's progress: zeros in authz
+// mode would read as "nothing downloaded".
+func writePulls(w io.Writer, s Status) {
+	fmt.Fprintln(w, "# HELP prune_guard_image_pulls_total Image pulls, by registry and result: hit (the image was local before the pull), miss, unknown.")
+	fmt.Fprintln(w, "# TYPE prune_guard_image_pulls_total counter")
+	regs := make([]string, 0, len(s.Stats.Pulls))
+	for r := range s.Stats.Pulls {
+		regs = append(regs, r)
+	}
+	sort.Strings(regs)
+	for _, r := range regs {
+		results := make([]string, 0, len(s.Stats.Pulls[r]))
+		for res := range s.Stats.Pulls[r] {
+			results = append(results, res)
+		}
+		sort.Strings(results)
+		for _, res := range results {
+			fmt.Fprintf(w, "prune_guard_image_pulls_total{registry=%q,result=%q} %d\n", r, res, s.Stats.Pulls[r][res])
+		}
+	}
+	if s.Transport.Mode != ModeProxy {
+		return
+	}
+	fmt.Fprintln(w, "# HELP prune_guard_pull_layers_total Layers of the pulls the proxy relayed, by result: reused (already local) or downloaded.")
+	fmt.Fprintln(w, "# TYPE prune_guard_pull_layers_total counter")
+	fmt.Fprintf(w, "prune_guard_pull_layers_total{result=\"downloaded\"} %d\n", s.Stats.PullLayersDownloaded)
+	fmt.Fprintf(w, "prune_guard_pull_layers_total{result=\"reused\"} %d\n", s.Stats.PullLayersReused)
+	fmt.Fprintln(w, "# HELP prune_guard_pull_bytes_total Bytes the pulls the proxy relayed downloaded, as their progress reported them.")
+	fmt.Fprintln(w, "# TYPE prune_guard_pull_bytes_total counter")
+	fmt.Fprintf(w, "prune_guard_pull_bytes_total %d\n", s.Stats.PullBytes)
 }
 
 func trimFloat(f float64) string {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"path"
-	"strings"
 )
 
 // switched carries on after the engine switched protocols (101) for
@@ -16,22 +15,16 @@ import (
 // else (attach and exec with Upgrade: tcp, BuildKit's /session tunnel, in
 // which the engine is the caller) becomes a raw byte pipe.
 func (c *conn) switched(h *requestHead) error {
-	// The engine switched after reading the request's body (exec reads
-	// its options first); the copy of it must be done before anything
-	// else reads the client.
-	if err := c.bodySent(); err != nil {
-		return err
-	}
-	if strings.EqualFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target) {
+	if h.grpcTunnel {
 		return c.serveTunnel()
 	}
-	return c.pipe()
+	return c.pipe(c.client())
 }
 
 // isGRPCTunnel reports whether a request target is BuildKit's control
 // tunnel, as moby routes it (/grpc, with or without an API version).
-func isGRPCTunnel(target string) bool {
-	p := target
+func isGRPCTunnel(target []byte) bool {
+	p := string(target)
 	if i := indexAny(p, "?#"); i >= 0 {
 		p = p[:i]
 	}
@@ -59,29 +52,29 @@ type closeWriter interface{ CloseWrite() error }
 // pipe copies bytes both ways until both directions are done, passing a
 // half-close on as a half-close: stdin's end must reach the container
 // while its output still flows back (docker attach and exec), and the
-// engine cancels an attach whose connection closes entirely.
-func (c *conn) pipe() error {
-	if err := c.bodySent(); err != nil {
-		return err
-	}
+// engine cancels an attach whose connection closes entirely. What comes
+// back is written to back, the client connection or an observed writer
+// in front of it.
+func (c *conn) pipe(back io.Writer) error {
 	toEngine := make(chan error, 1)
-	go func() { toEngine <- halfCopy(c.e, c.br) }()
-	back := halfCopy(c.c, c.ebr)
-	if back != nil {
+	go func() { toEngine <- halfCopy(c.e, c.e, c.br) }()
+	backErr := halfCopy(back, c.c, c.ebr)
+	if backErr != nil {
 		// The client is gone: nothing more can reach it, so the engine
 		// may stop too.
 		c.closeEngineConn()
 	}
 	there := <-toEngine
-	return errors.Join(back, there)
+	return errors.Join(backErr, there)
 }
 
-// halfCopy copies src to dst and then half-closes dst.
-func halfCopy(dst net.Conn, src *bufio.Reader) error {
+// halfCopy copies src to dst (which writes to conn) and then half-closes
+// conn.
+func halfCopy(dst io.Writer, conn net.Conn, src *bufio.Reader) error {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	_, err := io.CopyBuffer(dst, src, *bp)
-	if cw, ok := dst.(closeWriter); ok {
+	if cw, ok := conn.(closeWriter); ok {
 		if cerr := cw.CloseWrite(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 			err = fmt.Errorf("half-close: %w", cerr)
 		}
@@ -92,6 +85,8 @@ func halfCopy(dst net.Conn, src *bufio.Reader) error {
 // closeEngineConn closes the engine connection without forgetting it, so
 // that a copy still using it ends.
 func (c *conn) closeEngineConn() {
+	c.emu.Lock()
+	defer c.emu.Unlock()
 	if c.e != nil {
 		c.e.Close()
 	}
