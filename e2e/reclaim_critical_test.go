@@ -142,6 +142,80 @@ func asAnotherUser(t *testing.T, control string) string {
 	return ""
 }
 
+// criticalHost is a guarded engine on a small disk with a job running
+// throughout, a job in its teardown grace, four old images (one tagged
+// twice), an image pushed to and pulled from a registry during the run, and
+// two new images for the imitation cases.
+type criticalHost struct {
+	g                                       guard
+	disk                                    *enginetest.SmallDisk
+	reg                                     *enginetest.Registry
+	r                                       reclaimer
+	old                                     []string
+	jobImg, graceImg, pulled, victim, other string
+	// u is the usage the marks are set from; unit one image's share.
+	u, unit float64
+}
+
+func newCriticalHost(t *testing.T) *criticalHost {
+	t.Helper()
+	h := &criticalHost{disk: enginetest.NewSmallDisk(t, 352<<20)}
+	e, p := enginetest.StartGuarded(t, enginetest.Options{ExtraArgs: h.disk.Args(), PluginArgs: []string{"--run-grace", "10m"}})
+	h.g, h.reg = guard{Engine: e, plugin: p}, enginetest.StartRegistry(t)
+	build := func(tag string) string {
+		return h.g.BuildImage(t, tag, map[string]string{"blob": randomBlob(t, criticalBlob)}, nil)
+	}
+	for i := 1; i <= 4; i++ {
+		h.old = append(h.old, build(fmt.Sprintf("pg-crit-old%d:1", i)))
+	}
+	// Tagged twice: its extra name goes first, by a grant bound to it.
+	h.g.mustAllow(t, "tag", "pg-crit-old2:1", "pg-crit-alias/old2:1")
+	h.jobImg, h.graceImg = build("pg-crit-job:1"), build("pg-crit-grace:1")
+	pulledRef := h.reg.Addr + "/pg/crit-pulled:1"
+	h.pulled = build(pulledRef)
+	h.g.mustAllow(t, "push", pulledRef)
+	h.victim, h.other = build("pg-crit-victim:1"), build("pg-crit-other:1")
+
+	dir := t.TempDir()
+	h.r = reclaimer{bin: enginetest.BuildBinary(t), host: h.g.Host(), state: filepath.Join(dir, "state.json"), audit: filepath.Join(dir, "reclaim.jsonl")}
+	// Hours-old images; the victim and the other one are new, so that
+	// --min-age keeps them for the imitation cases.
+	ages := map[string]time.Duration{h.jobImg: 9 * time.Hour, h.graceImg: 9 * time.Hour, h.pulled: 8 * time.Hour}
+	for i, id := range h.old {
+		ages[id] = time.Duration(7-i) * time.Hour
+	}
+	seedState(t, h.r.state, ages)
+
+	// The job, and a job that ended a moment ago (in its grace).
+	h.g.mustAllow(t, "run", "-d", "--label", runLabel+"=job-1", "--name", "pg-crit-job", "pg-crit-job:1")
+	h.g.mustAllow(t, "run", "--rm", "--label", runLabel+"=job-0", "--name", "pg-crit-gone", "pg-crit-grace:1", "busybox", "true")
+	h.g.mustAllow(t, "pull", pulledRef) // during the run: a use
+	// The containerd image store may name the pulled manifest, not the
+	// one the build made.
+	h.pulled = strings.TrimSpace(h.g.mustAllow(t, "image", "inspect", "--format", "{{.Id}}", pulledRef))
+
+	total, _ := h.disk.Usage(t)
+	perImage := int64(criticalBlob)
+	if h.g.Identity().ContainerdStore {
+		perImage *= 2
+	}
+	h.u, h.unit = h.disk.Percent(t), 100*float64(perImage)/float64(total)
+	return h
+}
+
+// args are reclaim's arguments with this critical mark; low is three and
+// a half images below the usage, high one percent.
+func (h *criticalHost) args(critical float64) []string {
+	return []string{"--high", pct(h.u - 1), "--low", pct(h.u - 3.6*h.unit), "--critical", pct(critical), "--min-age", "1h",
+		"--run-grace", "10m", "--control-socket", h.g.plugin.ControlSocket()}
+}
+
+// printed is a mark as reclaim prints it: what pct writes, read back.
+func printed(f float64) string {
+	v, _ := strconv.ParseFloat(pct(f), 64)
+	return strconv.FormatFloat(v, 'g', -1, 64)
+}
+
 // A CI job runs throughout. Between --high and --critical reclaim waits for
 // it and says so; at or above --critical it frees to --low during the job,
 // keeping the job's image, the image of a job in its teardown grace and an
@@ -152,152 +226,103 @@ func asAnotherUser(t *testing.T, control string) string {
 // used grant, a process that is not root.
 func TestReclaimAboveCriticalDuringARunAndNoOneElsePasses(t *testing.T) {
 	t.Parallel()
-	disk := enginetest.NewSmallDisk(t, 352<<20)
-	e, p := enginetest.StartGuarded(t, enginetest.Options{ExtraArgs: disk.Args(), PluginArgs: []string{"--run-grace", "10m"}})
-	g := guard{Engine: e, plugin: p}
-	reg := enginetest.StartRegistry(t)
-	build := func(tag string) string {
-		return g.BuildImage(t, tag, map[string]string{"blob": randomBlob(t, criticalBlob)}, nil)
-	}
-	var old []string
-	for i := 1; i <= 4; i++ {
-		old = append(old, build(fmt.Sprintf("pg-crit-old%d:1", i)))
-	}
-	// Tagged twice: its extra name goes first, by a grant bound to it.
-	g.mustAllow(t, "tag", "pg-crit-old2:1", "pg-crit-alias/old2:1")
-	jobImg, graceImg := build("pg-crit-job:1"), build("pg-crit-grace:1")
-	pulledRef := reg.Addr + "/pg/crit-pulled:1"
-	pulled := build(pulledRef)
-	g.mustAllow(t, "push", pulledRef)
-	victim, other := build("pg-crit-victim:1"), build("pg-crit-other:1")
-
-	dir := t.TempDir()
-	r := reclaimer{bin: enginetest.BuildBinary(t), host: g.Host(), state: filepath.Join(dir, "state.json"), audit: filepath.Join(dir, "reclaim.jsonl")}
-	// Hours-old images; the victim and the other one are new, so that
-	// --min-age keeps them for the imitation cases below.
-	ages := map[string]time.Duration{jobImg: 9 * time.Hour, graceImg: 9 * time.Hour, pulled: 8 * time.Hour}
-	for i, id := range old {
-		ages[id] = time.Duration(7-i) * time.Hour
-	}
-	seedState(t, r.state, ages)
-
-	// The job, and a job that ended a moment ago (in its grace).
-	g.mustAllow(t, "run", "-d", "--label", runLabel+"=job-1", "--name", "pg-crit-job", "pg-crit-job:1")
-	g.mustAllow(t, "run", "--rm", "--label", runLabel+"=job-0", "--name", "pg-crit-gone", "pg-crit-grace:1", "busybox", "true")
-	g.mustAllow(t, "pull", pulledRef) // during the run: a use
-	// The containerd image store may name the pulled manifest, not the
-	// one the build made.
-	pulled = strings.TrimSpace(g.mustAllow(t, "image", "inspect", "--format", "{{.Id}}", pulledRef))
-
+	h := newCriticalHost(t)
+	g := h.g
 	t.Run("a plain docker rmi is refused during the job", func(t *testing.T) {
-		g.mustDeny(t, []string{"rmi", old[0]}, "(rule no-delete-during-run)", "job-1")
+		g.mustDeny(t, []string{"rmi", h.old[0]}, "(rule no-delete-during-run)", "job-1")
 	})
 	t.Run("a client imitating the reclaimer with a made-up token is refused", func(t *testing.T) {
-		status, body := g.HTTP(t, "DELETE", "/images/"+old[0], map[string]string{grantHeader: "pgg_0123456789abcdef0123456789abcdef"}, nil)
+		status, body := g.HTTP(t, "DELETE", "/images/"+h.old[0], map[string]string{grantHeader: "pgg_0123456789abcdef0123456789abcdef"}, nil)
 		if status != http.StatusForbidden || !strings.Contains(body, "(rule no-delete-during-run)") {
 			t.Errorf("DELETE with a made-up grant = %d %s; want the run's denial", status, body)
 		}
 	})
-
-	total, _ := disk.Usage(t)
-	perImage := int64(criticalBlob)
-	if g.Identity().ContainerdStore {
-		perImage *= 2
-	}
-	unit := 100 * float64(perImage) / float64(total)
-	u := disk.Percent(t)
-	// A mark as reclaim prints it: what pct writes, read back.
-	mark := func(f float64) string {
-		v, _ := strconv.ParseFloat(pct(f), 64)
-		return strconv.FormatFloat(v, 'g', -1, 64)
-	}
-	args := func(critical float64) []string {
-		return []string{"--high", pct(u - 1), "--low", pct(u - 3.6*unit), "--critical", pct(critical), "--min-age", "1h",
-			"--run-grace", "10m", "--control-socket", p.ControlSocket()}
-	}
-
 	t.Run("between high and critical it waits for the job and says so", func(t *testing.T) {
-		out := r.mustRun(t, args(u+1)...)
-		if want := "% used is below --critical " + mark(u+1) + "%"; !strings.Contains(out, want) || !strings.Contains(out, "so reclaim waits for the jobs") {
+		out := h.r.mustRun(t, h.args(h.u+1)...)
+		if want := "% used is below --critical " + printed(h.u+1) + "%"; !strings.Contains(out, want) || !strings.Contains(out, "so reclaim waits for the jobs") {
 			t.Errorf("output does not say it waits below critical (%q):\n%s", want, out)
 		}
-		requireImages(t, g, old...)
+		requireImages(t, g, h.old...)
 	})
-
 	t.Run("a dry run at critical keeps the jobs' images and what the run pulled", func(t *testing.T) {
-		out := r.mustRun(t, append(args(u-0.5), "--dry-run")...)
+		out := h.r.mustRun(t, append(h.args(h.u-0.5), "--dry-run")...)
 		for _, want := range []string{
 			"acting during them, sparing their images",
-			"pg-crit-job:1 (" + shortID(jobImg) + "): used by container pg-crit-job (running)",
-			"pg-crit-grace:1 (" + shortID(graceImg) + "): image of prune-guard run job-0, container pg-crit-gone, in its teardown grace until",
-			reg.Addr + "/pg/crit-pulled:1 (" + shortID(pulled) + "): last used",
+			"pg-crit-job:1 (" + shortID(h.jobImg) + "): used by container pg-crit-job (running)",
+			"pg-crit-grace:1 (" + shortID(h.graceImg) + "): image of prune-guard run job-0, container pg-crit-gone, in its teardown grace until",
+			h.reg.Addr + "/pg/crit-pulled:1 (" + shortID(h.pulled) + "): last used",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("plan lacks %q:\n%s", want, out)
 			}
 		}
 	})
+	t.Run("at critical it frees to low during the job, each delete by a grant", h.freesToLowByGrants)
+	t.Run("a grant for another image, a used grant and a non-root process get nothing", h.imitationsGetNothing)
+}
 
-	t.Run("at critical it frees to low during the job, each delete by a grant", func(t *testing.T) {
-		since, pluginMark := r.mark(t), auditMark(t, g)
-		before := disk.Percent(t)
-		r.mustRun(t, args(u-0.5)...)
-		after := disk.Percent(t)
-		if low := u - 3.6*unit; after > low {
-			t.Errorf("usage after reclaim %.2f%%; want at most --low %.2f%%", after, low)
+func (h *criticalHost) freesToLowByGrants(t *testing.T) {
+	g := h.g
+	since, pluginMark := h.r.mark(t), auditMark(t, g)
+	before := h.disk.Percent(t)
+	h.r.mustRun(t, h.args(h.u-0.5)...)
+	after := h.disk.Percent(t)
+	if low := h.u - 3.6*h.unit; after > low {
+		t.Errorf("usage after reclaim %.2f%%; want at most --low %.2f%%", after, low)
+	}
+	evs := h.r.events(t, since)
+	var removed []string
+	for _, l := range withMsg(evs, "reclaim removed image") {
+		removed = append(removed, fmt.Sprint(l["image"]))
+		if l["granted"] != true {
+			t.Errorf("removal without a grant: %v", l)
 		}
-		evs := r.events(t, since)
-		var removed []string
-		for _, l := range withMsg(evs, "reclaim removed image") {
-			removed = append(removed, fmt.Sprint(l["image"]))
-			if l["granted"] != true {
-				t.Errorf("removal without a grant: %v", l)
-			}
+	}
+	if !slices.Equal(removed, h.old) {
+		t.Errorf("removed %v; want the four old images, oldest first %v", removed, h.old)
+	}
+	requireImages(t, g, h.jobImg, h.graceImg, h.pulled, h.victim, h.other)
+	auditLine(t, g, pluginMark, map[string]string{"decision": "allow", "operation": "image-delete", "target": "pg-crit-alias/old2:1", "rule": "reclaim-grant"})
+	for _, id := range h.old {
+		l := auditLine(t, g, pluginMark, map[string]string{"decision": "allow", "operation": "image-delete", "target": id, "rule": "reclaim-grant"})
+		if reason := fmt.Sprint(l["reason"]); !strings.Contains(reason, "at or above the critical mark "+printed(h.u-0.5)+"%") || !strings.Contains(reason, "reclaim spares the jobs' images") {
+			t.Errorf("the plugin's audit does not say why the delete passed during the job: %q", reason)
 		}
-		if !slices.Equal(removed, old) {
-			t.Errorf("removed %v; want the four old images, oldest first %v", removed, old)
+		if !anyContains(auditRuns(t, l), "prune-guard run job-1") {
+			t.Errorf("the plugin's audit does not name the job: %v", l["runs"])
 		}
-		requireImages(t, g, jobImg, graceImg, pulled, victim, other)
-		auditLine(t, g, pluginMark, map[string]string{"decision": "allow", "operation": "image-delete", "target": "pg-crit-alias/old2:1", "rule": "reclaim-grant"})
-		for _, id := range old {
-			l := auditLine(t, g, pluginMark, map[string]string{"decision": "allow", "operation": "image-delete", "target": id, "rule": "reclaim-grant"})
-			if reason := fmt.Sprint(l["reason"]); !strings.Contains(reason, "at or above the critical mark "+mark(u-0.5)+"%") || !strings.Contains(reason, "reclaim spares the jobs' images") {
-				t.Errorf("the plugin's audit does not say why the delete passed during the job: %q", reason)
-			}
-			if !anyContains(auditRuns(t, l), "prune-guard run job-1") {
-				t.Errorf("the plugin's audit does not name the job: %v", l["runs"])
-			}
-		}
-		pass := withMsg(evs, "reclaim pass")
-		if len(pass) != 1 || pass[0]["critical_pass"] != true {
-			t.Fatalf("pass lines %v", pass)
-		}
-		t.Logf("FIGURE: critical pass during a job freed %.1f MiB in %vms: %.1f%% -> %.1f%% of %d MiB (critical %.1f%%, low %.1f%%)",
-			pass[0]["freed_bytes"].(float64)/(1<<20), pass[0]["duration_ms"], before, after, total>>20, u-0.5, u-3.6*unit)
-	})
+	}
+	pass := withMsg(evs, "reclaim pass")
+	if len(pass) != 1 || pass[0]["critical_pass"] != true {
+		t.Fatalf("pass lines %v", pass)
+	}
+	total, _ := h.disk.Usage(t)
+	t.Logf("FIGURE: critical pass during a job freed %.1f MiB in %vms: %.1f%% -> %.1f%% of %d MiB (critical %.1f%%, low %.1f%%)",
+		pass[0]["freed_bytes"].(float64)/(1<<20), pass[0]["duration_ms"], before, after, total>>20, h.u-0.5, h.u-3.6*h.unit)
+}
 
-	t.Run("a grant for another image, a used grant and a non-root process get nothing", func(t *testing.T) {
-		token := rootGrant(t, p.ControlSocket(), victim)
-		for _, c := range []struct {
-			name, target string
-			status       int
-		}{
-			{"another image", other, http.StatusForbidden},
-			{"the granted image", victim, http.StatusOK},
-			{"the granted image again: used", victim, http.StatusForbidden},
-		} {
-			if status, body := g.HTTP(t, "DELETE", "/images/"+c.target, map[string]string{grantHeader: token}, nil); status != c.status {
-				t.Errorf("%s: DELETE with the grant = %d %s; want %d", c.name, status, body, c.status)
-			}
+func (h *criticalHost) imitationsGetNothing(t *testing.T) {
+	g, control := h.g, h.g.plugin.ControlSocket()
+	token := rootGrant(t, control, h.victim)
+	for _, c := range []struct {
+		name, target string
+		status       int
+	}{
+		{"another image", h.other, http.StatusForbidden},
+		{"the granted image", h.victim, http.StatusOK},
+		{"the granted image again: used", h.victim, http.StatusForbidden},
+	} {
+		if status, body := g.HTTP(t, "DELETE", "/images/"+c.target, map[string]string{grantHeader: token}, nil); status != c.status {
+			t.Errorf("%s: DELETE with the grant = %d %s; want %d", c.name, status, body, c.status)
 		}
-		requireImages(t, g, other)
-		if got := asAnotherUser(t, p.ControlSocket()); !strings.Contains(got, "permission denied") {
-			t.Errorf("nobody asking the control socket for a grant: %s; want the connection refused", got)
+	}
+	requireImages(t, g, h.other)
+	if got := asAnotherUser(t, control); !strings.Contains(got, "permission denied") {
+		t.Errorf("nobody asking the control socket for a grant: %s; want the connection refused", got)
+	}
+	for _, l := range g.plugin.AuditLines(t) {
+		if b, _ := json.Marshal(l); strings.Contains(string(b), strings.TrimPrefix(token, "pgg_")) {
+			t.Errorf("the plugin's audit log holds a grant token: %s", b)
 		}
-		for _, l := range g.plugin.AuditLines(t) {
-			if b, _ := json.Marshal(l); strings.Contains(string(b), strings.TrimPrefix(token, "pgg_")) {
-				t.Errorf("the plugin's audit log holds a grant token: %s", b)
-			}
-		}
-	})
+	}
 }
