@@ -11,10 +11,26 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
-// The metrics' names, help, types and label order are an interface that
+// The metrics' names, help, types and labels are an interface that
 // dashboards and alerts depend on: any change to them shows here.
 func TestMetricsMatchTheGoldenFile(t *testing.T) {
-	s := Status{
+	checkGolden(t, "metrics.golden", fixedStatus())
+}
+
+// fixedStatus is a Status with every series the guard writes.
+func fixedStatus() Status {
+	return Status{
+		Transport: Transport{Mode: ModeAuthz},
+		Policy: PolicyStatus{Hash: "5d1c0f3a9b2e7c44d0a1b2c3d4e5f60718293a4b5c6d7e8f9012345678901234",
+			Detectors: []string{"gitlab", "github-actions", "prune-guard"}},
+		Runs: RunsStatus{RunsView: RunsView{
+			Active: []ActiveRun{
+				{Run: "GitLab job 4711, container build", Detector: "gitlab", Job: "GitLab job 4711"},
+				{Run: "GitLab job 4711, container postgres", Detector: "gitlab", Job: "GitLab job 4711"},
+				{Run: "GitLab job 4712, container build", Detector: "gitlab", Job: "GitLab job 4712"},
+			},
+			Ended: []EndedRun{{Run: "prune-guard run 9, container c", Detector: "prune-guard", Job: "prune-guard run 9"}},
+		}},
 		Stats: Snapshot{
 			Started: time.Unix(1764806400, 0),
 			Reads:   1234,
@@ -32,9 +48,35 @@ func TestMetricsMatchTheGoldenFile(t *testing.T) {
 		},
 		AuditWriteFailures: 0,
 	}
+}
+
+// An unknown run state is a 0, and no job counts are written.
+func TestMetricsOfAnUnknownRunStateCountNoJobs(t *testing.T) {
+	s := fixedStatus()
+	s.Runs = RunsStatus{RunsView: RunsView{Error: "engine down"}}
 	var got bytes.Buffer
-	WriteMetrics(&got, s)
-	golden := filepath.Join("testdata", "metrics.golden")
+	if err := WriteMetrics(&got, s); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"prune_guard_run_state_known 0\n"} {
+		if !bytes.Contains(got.Bytes(), []byte(want)) {
+			t.Errorf("metrics lack %q:\n%s", want, got.String())
+		}
+	}
+	for _, absent := range []string{"prune_guard_active_jobs", "prune_guard_jobs_in_grace"} {
+		if bytes.Contains(got.Bytes(), []byte(absent)) {
+			t.Errorf("metrics of an unknown run state have %s:\n%s", absent, got.String())
+		}
+	}
+}
+
+func checkGolden(t *testing.T, name string, s Status) {
+	t.Helper()
+	var got bytes.Buffer
+	if err := WriteMetrics(&got, s); err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", name)
 	if *update {
 		if err := os.WriteFile(golden, got.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
