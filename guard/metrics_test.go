@@ -3,10 +3,15 @@ package guard
 import (
 	"bytes"
 	"flag"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/prune-guard/prune-guard/internal/promtool"
+	"github.com/prune-guard/prune-guard/rules"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -89,4 +94,27 @@ func checkGolden(t *testing.T, name string, s Status) {
 	if !bytes.Equal(got.Bytes(), want) {
 		t.Errorf("metrics differ from %s (rerun with -update after checking the change):\n%s", golden, got.String())
 	}
+}
+
+// What a scrape of a running guard gets (its series with the process and
+// Go runtime metrics and the build info) passes promtool's linter, and
+// names the policy in force.
+func TestMetricsHandlerPassesPromtool(t *testing.T) {
+	g, _ := newTestGuard(&fakeRuns{runs: []rules.Run{liveJob}})
+	rec := httptest.NewRecorder()
+	g.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d\n%s", rec.Code, rec.Body)
+	}
+	body := rec.Body.Bytes()
+	for _, want := range []string{
+		`prune_guard_policy_info{sha256="` + g.Config().Hash + `"} 1`,
+		`prune_guard_active_jobs{detector="gitlab"} 1`,
+		"prune_guard_build_info{", "process_resident_memory_bytes", "go_goroutines",
+	} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	promtool.CheckMetrics(t, body)
 }

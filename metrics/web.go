@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,7 +56,7 @@ func CheckWebConfig(path string, remote bool) error {
 // change without a restart. errLog receives exporter-toolkit's warnings and
 // errors (a configuration that no longer loads).
 func Serve(ctx context.Context, l net.Listener, h http.Handler, webConfig string, drain time.Duration, errLog io.Writer) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(errLog, "metrics listener: ", 0)}
 	errc := make(chan error, 1)
 	go func() {
 		if webConfig == "" {

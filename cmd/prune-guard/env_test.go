@@ -125,7 +125,7 @@ func TestVariablesSetTheFlagsTheyNameUnlessTheFlagIsGiven(t *testing.T) {
 		{name: "DOCKER_HOST sets reclaim's engine", cmd: newReclaimCmd, env: map[string]string{"DOCKER_HOST": "unix:///run/pg.sock"}, flag: "docker-host", want: "unix:///run/pg.sock", wantChanged: true},
 		{name: "PRUNE_GUARD_SOCKET sets status's socket", cmd: newStatusCmd, env: map[string]string{"PRUNE_GUARD_SOCKET": "/run/pg.sock"}, flag: "socket", want: "/run/pg.sock", wantChanged: true},
 		{name: "an empty PRUNE_GUARD_AUDIT_LOG leaves standard output", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_AUDIT_LOG": ""}, flag: "audit-log", want: "-"},
-		{name: "PRUNE_GUARD_METRICS_ADDR sets --metrics-addr", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_METRICS_ADDR": "127.0.0.1:9323"}, flag: "metrics-addr", want: "127.0.0.1:9323", wantChanged: true},
+		{name: "PRUNE_GUARD_METRICS_ADDR sets --metrics-addr", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_METRICS_ADDR": "127.0.0.1:9709"}, flag: "metrics-addr", want: "127.0.0.1:9709", wantChanged: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
