@@ -8,7 +8,10 @@
 // Machine noise (another process waking up, a GC in dockerd) then lands on
 // all targets alike instead of on whichever happened to run last. Each
 // target's req/s is divided by the baseline target's (--baseline, "floor"
-// by default) round by round, and the median of those ratios reported.
+// by default) round by round, and the median of those ratios reported;
+// --compare adds the same pairing against other targets (dockerd alone, a
+// reference proxy) for req/s, MB/s, each round's p50 and p99, and CPU per
+// request.
 //
 // Given the daemon's and plugin's process IDs (--cpu-pids), it also reports
 // their CPU time per request, paired the same way, and how much CPU the
@@ -80,6 +83,12 @@ type round struct {
 	PluginCPU time.Duration `json:"plugin_cpu_ns"`
 	Other     time.Duration `json:"other_cpu_ns"`
 	Cores     int           `json:"cores,omitempty"`
+	// Bytes is the length of the successful responses' bodies together.
+	Bytes int64 `json:"bytes"`
+	// P50 and P99 are the round's own latency percentiles, so that
+	// latencies too can be compared round by round.
+	P50 time.Duration `json:"p50_ns"`
+	P99 time.Duration `json:"p99_ns"`
 }
 
 // otherShare returns Other as a fraction of all the cores' time during the
@@ -105,6 +114,15 @@ func (r round) rate() float64 {
 		return 0
 	}
 	return float64(r.OK) / r.Elapsed.Seconds()
+}
+
+// mbps is the round's throughput in MB (10^6 bytes) of response bodies per
+// second.
+func (r round) mbps() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Bytes) / 1e6 / r.Elapsed.Seconds()
 }
 
 // socketList is a flag.Value that accumulates LABEL=PATH pairs, given
@@ -206,12 +224,43 @@ type config struct {
 	timeout     time.Duration
 	maxErrors   int64
 	pause       time.Duration
+	compare     []string // labels the other targets are also compared to
 }
 
 func main() {
 	log.SetFlags(0)
 	log.SetPrefix("loadgen: ")
 
+	targets, cfg, asJSON := parseFlags()
+	for _, t := range targets {
+		t.client = newClient(t.socket, cfg)
+	}
+
+	// A target that fails does so fast, so without a budget a dead
+	// daemon would be hammered in a tight loop for the rest of the run.
+	// Spending it cancels ctx, which ends the run where it is.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b := &bench{cfg: cfg, cancel: cancel}
+	b.budget.Store(cfg.maxErrors)
+	b.run(ctx, targets)
+	if ctx.Err() != nil {
+		log.Printf("more than %d failed requests: stopped early", cfg.maxErrors)
+	}
+
+	if err := write(os.Stdout, report(targets, cfg), asJSON); err != nil {
+		log.Fatalf("writing results: %v", err)
+	}
+	// Failed requests are cheap and fast, so a target that errors looks
+	// better or worse than it is; refuse to let such a run pass silently.
+	if failures(targets) {
+		os.Exit(1)
+	}
+}
+
+// parseFlags reads the command line, and exits with a usage error if it
+// does not describe a run.
+func parseFlags() (socketList, config, bool) {
 	var (
 		targets socketList
 		cfg     config
@@ -221,13 +270,21 @@ func main() {
 	cpuPIDs := make(pidFlag)
 	flag.Var(cpuPIDs, "cpu-pids", "`LABEL=PID[+PID...]`: processes (dockerd, its plugin) whose CPU time per request to report for a target; repeatable")
 	pluginPIDs := make(pidFlag)
-	flag.Var(pluginPIDs, "plugin-pids", "`LABEL=PID[+PID...]`: the plugin's processes, whose CPU time per request is also reported on its own; repeatable")
+	flag.Var(pluginPIDs, "plugin-pids", "`LABEL=PID[+PID...]`: the plugin's (or the proxy's) processes, whose CPU time per request is also reported on its own; repeatable")
 	flag.IntVar(&cfg.concurrency, "concurrency", 8, "concurrent keep-alive connections per target")
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of one target's turn in a round")
 	flag.IntVar(&cfg.rounds, "rounds", 6, "number of interleaved rounds; a multiple of twice the targets balances the order")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "unmeasured load per target before the first round (0 to skip)")
 	flag.StringVar(&cfg.path, "path", "/v1.41/containers/json", "API `path` to GET")
 	flag.StringVar(&cfg.baseline, "baseline", "floor", "`label` of the target the others' req/s is divided by")
+	flag.Func("compare", "`LABEL[,LABEL...]`: also compare every target to these, round by round (req/s, MB/s, p50, p99, CPU per request); repeatable", func(v string) error {
+		for _, l := range strings.Split(v, ",") {
+			if l = strings.TrimSpace(l); l != "" {
+				cfg.compare = append(cfg.compare, l)
+			}
+		}
+		return nil
+	})
 	flag.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "per-request timeout")
 	flag.DurationVar(&cfg.pause, "pause", time.Second, "idle time before each turn, so one target's aftermath does not slow the next")
 	flag.Int64Var(&cfg.maxErrors, "max-errors", 100, "stop the run early after this many failed requests")
@@ -251,64 +308,54 @@ func main() {
 		}
 		targets[i].pluginPIDs = pids
 	}
-	for _, t := range targets {
-		t.client = newClient(t.socket, cfg)
-	}
+	return targets, cfg, asJSON
+}
 
-	// A target that fails does so fast, so without a budget a dead
-	// daemon would be hammered in a tight loop for the rest of the run.
-	// Spending it cancels ctx, which ends the run where it is.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	b := &bench{cfg: cfg, cancel: cancel}
-	b.budget.Store(cfg.maxErrors)
-
-	if cfg.warmup > 0 {
+// run gives every target its warmup, then runs the interleaved rounds,
+// until they are done or ctx ends.
+func (b *bench) run(ctx context.Context, targets []*target) {
+	if b.cfg.warmup > 0 {
 		for _, t := range targets {
 			// Warmup opens the connections and pages in both dockerd's
 			// and the plugin's hot paths; its numbers are thrown away,
 			// but its errors count against the budget.
-			res := b.runRound(ctx, t, cfg.warmup)
+			res := b.runRound(ctx, t, b.cfg.warmup)
 			t.errs += res.Errors
 			t.lastErr = cmp.Or(res.lastErr, t.lastErr)
 		}
 	}
-	for r := 0; r < cfg.rounds && ctx.Err() == nil; r++ {
+	for r := 0; r < b.cfg.rounds && ctx.Err() == nil; r++ {
 		for _, i := range turnOrder(len(targets), r) {
 			t := targets[i]
 			// Let the previous turn's daemon and plugin finish what a
 			// burst of requests leaves behind (GC, mostly) before this
 			// one starts, or it is charged to whichever target follows.
-			time.Sleep(cfg.pause)
-			res := b.runRound(ctx, t, cfg.duration)
+			time.Sleep(b.cfg.pause)
+			res := b.runRound(ctx, t, b.cfg.duration)
 			t.errs += res.Errors
 			t.lastErr = cmp.Or(res.lastErr, t.lastErr)
 			if ctx.Err() != nil {
-				break // a round cut short is not comparable to the others
+				return // a round cut short is not comparable to the others
 			}
 			t.rounds = append(t.rounds, res.round)
 			t.samples = append(t.samples, res.samples...)
 		}
 	}
-	if ctx.Err() != nil {
-		log.Printf("more than %d failed requests: stopped early", cfg.maxErrors)
-	}
+}
 
-	rep := report(targets, cfg)
-	var err error
-	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		err = enc.Encode(rep)
-	} else {
-		err = printTable(os.Stdout, rep)
+// write prints the report as a table, or as JSON.
+func write(w io.Writer, rep Report, asJSON bool) error {
+	if !asJSON {
+		return printTable(w, rep)
 	}
-	if err != nil {
-		log.Fatalf("writing results: %v", err)
-	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
 
-	// Failed requests are cheap and fast, so a target that errors looks
-	// better or worse than it is; refuse to let such a run pass silently.
+// failures logs the targets that had failed requests, and reports whether
+// any did.
+func failures(targets []*target) bool {
 	failed := false
 	for _, t := range targets {
 		if t.errs > 0 {
@@ -316,9 +363,7 @@ func main() {
 			failed = true
 		}
 	}
-	if failed {
-		os.Exit(1)
-	}
+	return failed
 }
 
 func validate(targets socketList, cfg config) error {
@@ -343,6 +388,11 @@ func validate(targets socketList, cfg config) error {
 		return errors.New("--max-errors must not be negative")
 	case !strings.HasPrefix(cfg.path, "/"):
 		return errors.New("--path must start with /")
+	}
+	for _, l := range cfg.compare {
+		if !slices.ContainsFunc(targets, func(t *target) bool { return t.label == l }) {
+			return fmt.Errorf("--compare: no target labelled %q", l)
+		}
 	}
 	return nil
 }
@@ -406,6 +456,7 @@ func (b *bench) runRound(ctx context.Context, t *target, d time.Duration) roundR
 	concurrency := b.cfg.concurrency
 	type workerResult struct {
 		samples []time.Duration
+		bytes   int64
 		errs    int64
 		lastErr string
 	}
@@ -422,7 +473,7 @@ func (b *bench) runRound(ctx context.Context, t *target, d time.Duration) roundR
 			defer wg.Done()
 			res := &results[w]
 			for ctx.Err() == nil && time.Now().Before(deadline) {
-				lat, err := get(ctx, t.client, url)
+				lat, n, err := get(ctx, t.client, url)
 				if err != nil {
 					if ctx.Err() != nil {
 						return // cancelled by another worker, not a failure
@@ -435,6 +486,7 @@ func (b *bench) runRound(ctx context.Context, t *target, d time.Duration) roundR
 					continue
 				}
 				res.samples = append(res.samples, lat)
+				res.bytes += n
 			}
 		}()
 	}
@@ -460,40 +512,44 @@ func (b *bench) runRound(ctx context.Context, t *target, d time.Duration) roundR
 	}
 	for _, r := range results {
 		out.samples = append(out.samples, r.samples...)
+		out.Bytes += r.bytes
 		out.Errors += r.errs
 		if r.lastErr != "" {
 			out.lastErr = r.lastErr
 		}
 	}
 	out.OK = int64(len(out.samples))
+	slices.Sort(out.samples)
+	out.P50 = percentile(out.samples, 50)
+	out.P99 = percentile(out.samples, 99)
 	return out
 }
 
 // get performs one request and returns its latency, measured until the
 // body has been read in full so that a streaming response is not
-// flattered.
-func get(ctx context.Context, c *http.Client, url string) (time.Duration, error) {
+// flattered, and the body's length.
+func get(ctx context.Context, c *http.Client, url string) (time.Duration, int64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, fmt.Errorf("building request: %w", err)
+		return 0, 0, fmt.Errorf("building request: %w", err)
 	}
 	start := time.Now()
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// Drain the body even on a failure status so the connection can be
 	// reused; otherwise errors would also cost a reconnect.
-	_, err = io.Copy(io.Discard, resp.Body)
+	n, err := io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	lat := time.Since(start)
 	if err != nil {
-		return 0, fmt.Errorf("reading body: %w", err)
+		return 0, 0, fmt.Errorf("reading body: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("status %s", resp.Status)
+		return 0, 0, fmt.Errorf("status %s", resp.Status)
 	}
-	return lat, nil
+	return lat, n, nil
 }
 
 // clockTick is the unit of utime and stime in /proc/PID/stat. It is
@@ -600,6 +656,18 @@ type TargetReport struct {
 	Rounds     []round       `json:"rounds"`
 	LastError  string        `json:"last_error,omitempty"`
 
+	// Bytes is the length of all successful responses' bodies, and
+	// MedianMBps the median over rounds of the MB (10^6 bytes) of them
+	// per second.
+	Bytes      int64     `json:"bytes"`
+	MedianMBps float64   `json:"median_mb_per_s"`
+	RoundMBps  []float64 `json:"round_mb_per_s"`
+	// RoundP50 and RoundP99 are each round's own percentiles, in µs.
+	RoundP50 []float64 `json:"round_p50_us"`
+	RoundP99 []float64 `json:"round_p99_us"`
+	// Compared holds the target's ratios to each --compare target.
+	Compared []Comparison `json:"compared,omitempty"`
+
 	// VsBaseline is the median over rounds of this target's req/s
 	// divided by the baseline's in the same round; RoundVsBaseline holds
 	// the per-round ratios. Pairing within a round cancels drift that is
@@ -638,57 +706,9 @@ func report(targets []*target, cfg config) Report {
 		Rounds:      cfg.rounds,
 	}
 	for _, t := range targets {
-		tr := TargetReport{
-			Label:     t.label,
-			Socket:    t.socket,
-			PIDs:      t.pids,
-			Errors:    t.errs,
-			Rounds:    t.rounds,
-			LastError: t.lastErr,
-		}
-		var elapsed, cpu, pluginCPU time.Duration
-		var cpuOK, pluginOK int64
-		for _, r := range t.rounds {
-			tr.Requests += r.OK
-			elapsed += r.Elapsed
-			tr.RoundRPS = append(tr.RoundRPS, r.rate())
-			perReq, ok := r.cpuPerRequest()
-			if ok {
-				cpu += r.CPU
-				cpuOK += r.OK
-			}
-			if len(t.pluginPIDs) > 0 {
-				us := 0.0
-				if r.PluginCPU >= 0 && r.OK > 0 {
-					pluginCPU += r.PluginCPU
-					pluginOK += r.OK
-					us = float64(r.PluginCPU) / float64(r.OK) / float64(time.Microsecond)
-				}
-				tr.RoundPluginCPUPerRequest = append(tr.RoundPluginCPUPerRequest, us)
-			}
-			if len(t.pids) > 0 {
-				tr.RoundCPUPerRequest = append(tr.RoundCPUPerRequest, float64(perReq)/float64(time.Microsecond))
-				share, _ := r.otherShare()
-				tr.RoundOtherShare = append(tr.RoundOtherShare, share)
-			}
-		}
-		if elapsed > 0 {
-			tr.OverallRPS = float64(tr.Requests) / elapsed.Seconds()
-		}
-		if cpuOK > 0 {
-			tr.CPUPerRequest = cpu / time.Duration(cpuOK)
-		}
-		if pluginOK > 0 {
-			tr.PluginCPUPerRequest = pluginCPU / time.Duration(pluginOK)
-		}
-		tr.MedianRPS = median(tr.RoundRPS)
-		slices.Sort(t.samples)
-		tr.P50 = percentile(t.samples, 50)
-		tr.P90 = percentile(t.samples, 90)
-		tr.P99 = percentile(t.samples, 99)
-		tr.Max = percentile(t.samples, 100)
-		rep.Targets = append(rep.Targets, tr)
+		rep.Targets = append(rep.Targets, summarize(t))
 	}
+	compareAll(&rep, cfg.compare)
 
 	i := slices.IndexFunc(rep.Targets, func(t TargetReport) bool { return t.Label == cfg.baseline })
 	if i < 0 {
@@ -706,6 +726,65 @@ func report(targets []*target, cfg config) Report {
 		t.PluginCPUVsBaseline = median(t.RoundPluginCPUVsBaseline)
 	}
 	return rep
+}
+
+// summarize sums up one target's rounds and samples.
+func summarize(t *target) TargetReport {
+	tr := TargetReport{
+		Label:     t.label,
+		Socket:    t.socket,
+		PIDs:      t.pids,
+		Errors:    t.errs,
+		Rounds:    t.rounds,
+		LastError: t.lastErr,
+	}
+	var elapsed, cpu, pluginCPU time.Duration
+	var cpuOK, pluginOK int64
+	for _, r := range t.rounds {
+		tr.Requests += r.OK
+		tr.Bytes += r.Bytes
+		elapsed += r.Elapsed
+		tr.RoundRPS = append(tr.RoundRPS, r.rate())
+		tr.RoundMBps = append(tr.RoundMBps, r.mbps())
+		tr.RoundP50 = append(tr.RoundP50, float64(r.P50)/float64(time.Microsecond))
+		tr.RoundP99 = append(tr.RoundP99, float64(r.P99)/float64(time.Microsecond))
+		perReq, ok := r.cpuPerRequest()
+		if ok {
+			cpu += r.CPU
+			cpuOK += r.OK
+		}
+		if len(t.pluginPIDs) > 0 {
+			us := 0.0
+			if r.PluginCPU >= 0 && r.OK > 0 {
+				pluginCPU += r.PluginCPU
+				pluginOK += r.OK
+				us = float64(r.PluginCPU) / float64(r.OK) / float64(time.Microsecond)
+			}
+			tr.RoundPluginCPUPerRequest = append(tr.RoundPluginCPUPerRequest, us)
+		}
+		if len(t.pids) > 0 {
+			tr.RoundCPUPerRequest = append(tr.RoundCPUPerRequest, float64(perReq)/float64(time.Microsecond))
+			share, _ := r.otherShare()
+			tr.RoundOtherShare = append(tr.RoundOtherShare, share)
+		}
+	}
+	if elapsed > 0 {
+		tr.OverallRPS = float64(tr.Requests) / elapsed.Seconds()
+	}
+	if cpuOK > 0 {
+		tr.CPUPerRequest = cpu / time.Duration(cpuOK)
+	}
+	if pluginOK > 0 {
+		tr.PluginCPUPerRequest = pluginCPU / time.Duration(pluginOK)
+	}
+	tr.MedianRPS = median(tr.RoundRPS)
+	tr.MedianMBps = median(tr.RoundMBps)
+	slices.Sort(t.samples)
+	tr.P50 = percentile(t.samples, 50)
+	tr.P90 = percentile(t.samples, 90)
+	tr.P99 = percentile(t.samples, 99)
+	tr.Max = percentile(t.samples, 100)
+	return tr
 }
 
 // pairedRatios returns xs[r]/ys[r] for every round r where both are known
@@ -752,69 +831,95 @@ func printTable(w io.Writer, rep Report) error {
 		rep.Path, rep.Concurrency, rep.Rounds, rep.Duration)
 	withCPU := slices.ContainsFunc(rep.Targets, func(t TargetReport) bool { return len(t.PIDs) > 0 })
 	withPlugin := slices.ContainsFunc(rep.Targets, func(t TargetReport) bool { return t.PluginCPUPerRequest > 0 })
+	// Throughput is worth a column when responses are large (an image).
+	withMBps := slices.ContainsFunc(rep.Targets, func(t TargetReport) bool {
+		return t.Requests > 0 && t.Bytes/t.Requests >= 64<<10
+	})
 	base := cmp.Or(rep.Baseline, "baseline")
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "target\trequests\terrors\treq/s median\treq/s overall\tp50\tp99\tvs %s\tper-round range\t", base)
+	fmt.Fprintf(tw, "target\trequests\terrors\treq/s median\treq/s overall\t")
+	if withMBps {
+		fmt.Fprint(tw, "MB/s median\t")
+	}
+	fmt.Fprintf(tw, "p50\tp99\tvs %s\tper-round range\t", base)
 	if withCPU {
 		fmt.Fprintf(tw, "cpu/req\tcpu/req vs %s\tper-round range\t", base)
 	}
 	if withPlugin {
-		fmt.Fprintf(tw, "plugin cpu/req\tvs %s\tper-round range\t", base)
+		fmt.Fprintf(tw, "plugin/proxy cpu/req\tvs %s\tper-round range\t", base)
 	}
 	fmt.Fprintln(tw)
 	for _, t := range rep.Targets {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t",
-			t.Label, t.Requests, t.Errors, t.MedianRPS, t.OverallRPS,
-			ms(t.P50), ms(t.P99), ratio(t.VsBaseline), spread(t.RoundVsBaseline))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%.0f\t", t.Label, t.Requests, t.Errors, t.MedianRPS, t.OverallRPS)
+		if withMBps {
+			fmt.Fprintf(tw, "%.1f\t", t.MedianMBps)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t", ms(t.P50), ms(t.P99), ratio(t.VsBaseline), spread(t.RoundVsBaseline))
 		if withCPU {
-			cpu := "-"
-			if t.CPUPerRequest > 0 {
-				cpu = fmt.Sprintf("%.0fµs", float64(t.CPUPerRequest)/float64(time.Microsecond))
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t", cpu, ratio(t.CPUVsBaseline), spread(t.RoundCPUVsBaseline))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t", us(t.CPUPerRequest), ratio(t.CPUVsBaseline), spread(t.RoundCPUVsBaseline))
 		}
 		if withPlugin {
-			cpu := "-"
-			if t.PluginCPUPerRequest > 0 {
-				cpu = fmt.Sprintf("%.0fµs", float64(t.PluginCPUPerRequest)/float64(time.Microsecond))
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t", cpu, ratio(t.PluginCPUVsBaseline), spread(t.RoundPluginCPUVsBaseline))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t", us(t.PluginCPUPerRequest), ratio(t.PluginCPUVsBaseline), spread(t.RoundPluginCPUVsBaseline))
 		}
 		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-
-	fmt.Fprintln(w, "\nreq/s per round:")
-	for _, t := range rep.Targets {
-		fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundRPS))
+	if err := printComparisons(w, rep, withMBps); err != nil {
+		return err
 	}
-	if withCPU {
-		fmt.Fprintln(w, "\nCPU µs per request per round (the target's dockerd and plugin):")
-		for _, t := range rep.Targets {
-			fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundCPUPerRequest))
-		}
-		if withPlugin {
-			fmt.Fprintln(w, "\nplugin CPU µs per request per round (the plugin process alone):")
-			for _, t := range rep.Targets {
-				if len(t.RoundPluginCPUPerRequest) > 0 {
-					fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(t.RoundPluginCPUPerRequest))
-				}
-			}
-		}
-		fmt.Fprintln(w, "\nother processes' CPU per round, % of the machine (high: that turn was disturbed):")
-		for _, t := range rep.Targets {
-			pct := make([]float64, len(t.RoundOtherShare))
-			for i, x := range t.RoundOtherShare {
-				pct[i] = 100 * x
-			}
-			fmt.Fprintf(w, "  %-8s %s\n", t.Label, join(pct))
-		}
-	}
+	printRounds(w, rep, withCPU, withPlugin)
 	_, err := fmt.Fprintf(w, "\np50/p99: latency of every successful request; vs %s: median of per-round ratios\n", base)
 	return err
+}
+
+// printRounds prints the per-round figures the medians come from.
+func printRounds(w io.Writer, rep Report, withCPU, withPlugin bool) {
+	width := 8
+	for _, t := range rep.Targets {
+		width = max(width, len(t.Label))
+	}
+	fmt.Fprintln(w, "\nreq/s per round:")
+	for _, t := range rep.Targets {
+		fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(t.RoundRPS))
+	}
+	fmt.Fprintln(w, "\np99 µs per round:")
+	for _, t := range rep.Targets {
+		fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(t.RoundP99))
+	}
+	if !withCPU {
+		return
+	}
+	fmt.Fprintln(w, "\nCPU µs per request per round (the target's dockerd and plugin or proxy):")
+	for _, t := range rep.Targets {
+		fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(t.RoundCPUPerRequest))
+	}
+	if withPlugin {
+		fmt.Fprintln(w, "\nplugin/proxy CPU µs per request per round (that process alone):")
+		for _, t := range rep.Targets {
+			if len(t.RoundPluginCPUPerRequest) > 0 {
+				fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(t.RoundPluginCPUPerRequest))
+			}
+		}
+	}
+	fmt.Fprintln(w, "\nother processes' CPU per round, % of the machine (high: that turn was disturbed):")
+	for _, t := range rep.Targets {
+		pct := make([]float64, len(t.RoundOtherShare))
+		for i, x := range t.RoundOtherShare {
+			pct[i] = 100 * x
+		}
+		fmt.Fprintf(w, "  %-*s %s\n", width, t.Label, join(pct))
+	}
+}
+
+// us formats a CPU time per request, "-" if unknown.
+func us(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
 }
 
 func ratio(x float64) string {
