@@ -45,3 +45,12 @@ func CheckRules(t testing.TB, file string) {
 	}
 	t.Logf("promtool check rules %s:\n%s", file, out)
 }
+
+// TestRules runs "promtool test rules" on a rule test file.
+func TestRules(t testing.TB, file string) {
+	t.Helper()
+	out, err := exec.Command(path(t), "test", "rules", file).CombinedOutput()
+	if err != nil {
+		t.Errorf("promtool test rules %s: %v\n%s", file, err, out)
+	}
+}
