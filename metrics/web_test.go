@@ -2,16 +2,9 @@ package metrics
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -20,97 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prune-guard/prune-guard/internal/testpki"
 	"golang.org/x/crypto/bcrypt"
 )
-
-// testPKI is a CA and a server certificate for 127.0.0.1 and localhost
-// that it signed, written as PEM files.
-type testPKI struct {
-	dir               string
-	caFile            string
-	certFile, keyFile string
-	pool              *x509.CertPool
-	otherPool         *x509.CertPool // a CA that signed nothing here
-}
-
-func newTestPKI(t *testing.T) testPKI {
-	t.Helper()
-	dir := t.TempDir()
-	caKey, caCert, caDER := newCA(t, "prune-guard test CA")
-	_, _, otherDER := newCA(t, "another CA")
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "prune-guard metrics"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := testPKI{dir: dir, caFile: filepath.Join(dir, "ca.pem"), certFile: filepath.Join(dir, "server.pem"), keyFile: filepath.Join(dir, "server.key"),
-		pool: x509.NewCertPool(), otherPool: x509.NewCertPool()}
-	writePEM(t, p.caFile, "CERTIFICATE", caDER)
-	writePEM(t, p.certFile, "CERTIFICATE", der)
-	writePEM(t, p.keyFile, "EC PRIVATE KEY", keyDER)
-	p.pool.AddCert(caCert)
-	other, _ := x509.ParseCertificate(otherDER)
-	p.otherPool.AddCert(other)
-	return p
-}
-
-func newCA(t *testing.T, name string) (*ecdsa.PrivateKey, *x509.Certificate, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, cert, der
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// webConfig writes a web configuration file with TLS and one basic auth
-// user, its password hashed with bcrypt.
-func (p testPKI) webConfig(t *testing.T, user, password string) string {
-	t.Helper()
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(p.dir, "web.yml")
-	cfg := fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  %s: %s\n", p.certFile, p.keyFile, user, hash)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // serveTest serves a registry's metrics through Serve with webConfig on a
 // loopback port, and returns its address.
@@ -136,14 +41,14 @@ func serveTest(t *testing.T, webConfig string) string {
 // credentials or wrong ones get 401, the right ones 200 and the metrics;
 // plain HTTP and a client that does not trust the CA get nothing.
 func TestScrapeNeedsTLSAndBasicAuth(t *testing.T) {
-	p := newTestPKI(t)
-	cfg := p.webConfig(t, "prometheus", "s3cret pass")
+	p := testpki.New(t)
+	cfg := p.WebConfig(t, "prometheus", "s3cret pass")
 	if err := CheckWebConfig(cfg, true); err != nil {
 		t.Fatalf("CheckWebConfig: %v", err)
 	}
 	addr := serveTest(t, cfg)
 	url := "https://" + addr + "/metrics"
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool}}}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.Pool}}}
 	for _, tt := range []struct {
 		name, user, password string
 		want                 int
@@ -186,7 +91,7 @@ func TestScrapeNeedsTLSAndBasicAuth(t *testing.T) {
 		}
 	})
 	t.Run("a client that does not trust the CA", func(t *testing.T) {
-		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.otherPool}}}
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.OtherPool}}}
 		if resp, err := c.Get(url); err == nil {
 			resp.Body.Close()
 			t.Fatalf("the handshake succeeded (status %d)", resp.StatusCode)
@@ -197,20 +102,20 @@ func TestScrapeNeedsTLSAndBasicAuth(t *testing.T) {
 // A non-loopback address needs TLS and a client authentication in the web
 // configuration; a loopback one takes any valid file.
 func TestCheckWebConfigForRemoteAddresses(t *testing.T) {
-	p := newTestPKI(t)
+	p := testpki.New(t)
 	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
-	tlsOnly := fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\n", p.certFile, p.keyFile)
+	tlsOnly := fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\n", p.CertFile, p.KeyFile)
 	tests := []struct {
 		name, cfg     string
 		local, remote string // "" for accepted, else a part of the error
 	}{
 		{"TLS and basic auth", tlsOnly + fmt.Sprintf("basic_auth_users:\n  prometheus: %s\n", hash), "", ""},
-		{"TLS and verified client certificates", tlsOnly + fmt.Sprintf("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: %s\n", p.caFile), "", ""},
+		{"TLS and verified client certificates", tlsOnly + fmt.Sprintf("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: %s\n", p.CAFile), "", ""},
 		{"TLS alone", tlsOnly, "", "needs clients to authenticate"},
 		{"basic auth without TLS", fmt.Sprintf("basic_auth_users:\n  prometheus: %s\n", hash), "", "needs TLS"},
 		{"a password that is not a bcrypt hash", tlsOnly + "basic_auth_users:\n  prometheus: plaintext\n", "hash", "hash"},
 		{"an unknown key", "tls_server_config:\n  certfile: x\n", "certfile", "certfile"},
-		{"a missing key file", fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\n", p.certFile, filepath.Join(p.dir, "nope")), "nope", "nope"},
+		{"a missing key file", fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\n", p.CertFile, filepath.Join(p.Dir, "nope")), "nope", "nope"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
