@@ -127,7 +127,7 @@ func (g guard) passHTTP(t testing.TB, method, uri string) int {
 // pgStatus runs "prune-guard status" against g and returns its output.
 func pgStatus(t testing.TB, g guard) string {
 	t.Helper()
-	cmd := exec.Command(enginetest.BuildBinary(t), "status", "--socket", g.plugin.Socket(), "--docker-host", g.Host())
+	cmd := exec.Command(enginetest.BuildBinary(t), "status", "--socket", g.statusSocket(), "--docker-host", g.Host())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("prune-guard status: %v\n%s", err, out)

@@ -20,8 +20,18 @@ import (
 // no build and no pull (there is no registry here: a pull would fail).
 func TestComposeDownRmiAllLeavesTheJobProjectsImagesForTheRedeploy(t *testing.T) {
 	t.Parallel()
-	e, p := enginetest.StartGuarded(t, enginetest.Options{PluginArgs: []string{"--run-grace", rules.DefaultGrace.String()}}) // the default grace
-	g := guard{Engine: e, plugin: p}
+	e, p := enginetest.StartGuarded(t, enginetest.Options{PluginArgs: composePluginArgs})
+	composeDownRmiAll(t, guard{Engine: e, plugin: p})
+}
+
+// composePluginArgs give prune-guard the default teardown grace.
+var composePluginArgs = []string{"--run-grace", rules.DefaultGrace.String()}
+
+// composeDownRmiAll runs the compose project's cycle on g (a plugin's or a
+// proxy's): up, down --rmi all inside the grace, up again.
+func composeDownRmiAll(t *testing.T, g guard) {
+	t.Helper()
+	e := g.Engine
 	e.ComposePath(t)
 	n := enginetest.Nonce(t)
 	web, worker := "pg-compose-web:"+n, "pg-compose-worker:"+n

@@ -13,11 +13,14 @@ import (
 // runLabel is the plugin's default run label.
 const runLabel = "prune-guard.run"
 
-// guard is a private engine with prune-guard (default policy) in its
-// authorization chain.
+// guard is a private engine guarded by prune-guard (default policy): in
+// its authorization chain (plugin), or in front of it (proxy), in which
+// case the Engine is the engine as the proxy's clients reach it
+// (enginetest.Proxy.Client).
 type guard struct {
 	*enginetest.Engine
 	plugin *enginetest.Plugin
+	proxy  *enginetest.Proxy
 }
 
 func startGuard(t *testing.T) guard {
@@ -26,9 +29,52 @@ func startGuard(t *testing.T) guard {
 	return guard{Engine: e, plugin: p}
 }
 
-// denialPrefix is how dockerd reports a denial by the plugin to clients.
+// startProxyGuard starts a private engine with no authorization plugin and
+// prune-guard proxy in front of it, with opts.PluginArgs; every client of
+// the guard goes through the proxy.
+func startProxyGuard(t *testing.T, opts enginetest.Options) guard {
+	t.Helper()
+	_, p := enginetest.StartProxied(t, opts)
+	return guard{Engine: p.Client(), proxy: p}
+}
+
+// name is how denials name prune-guard: the plugin's name, or the proxy's.
+func (g guard) name() string {
+	if g.proxy != nil {
+		return g.proxy.Name()
+	}
+	return g.plugin.Name()
+}
+
+// auditLines is the audit log of the plugin or the proxy.
+func (g guard) auditLines(t testing.TB) []map[string]any {
+	t.Helper()
+	if g.proxy != nil {
+		return g.proxy.AuditLines(t)
+	}
+	return g.plugin.AuditLines(t)
+}
+
+func (g guard) auditPath() string {
+	if g.proxy != nil {
+		return g.proxy.AuditPath()
+	}
+	return g.plugin.AuditPath()
+}
+
+// statusSocket is where "prune-guard status" asks: the plugin's socket, or
+// the proxy's control socket.
+func (g guard) statusSocket() string {
+	if g.proxy != nil {
+		return g.proxy.ControlSocket()
+	}
+	return g.plugin.Socket()
+}
+
+// denialPrefix is how clients see a denial by prune-guard: dockerd's words
+// for a plugin's denial, which the proxy uses too.
 func (g guard) denialPrefix() string {
-	return "authorization denied by plugin " + g.plugin.Name() + ": prune-guard: "
+	return "authorization denied by plugin " + g.name() + ": prune-guard: "
 }
 
 // mustDeny runs the docker CLI and requires it to fail with a prune-guard
@@ -38,7 +84,7 @@ func (g guard) mustDeny(t testing.TB, args []string, want ...string) {
 	stdout, stderr, err := g.Docker(t, args...)
 	if err == nil {
 		t.Fatalf("docker %s succeeded; want it denied by %s\nstdout: %s\nstderr: %s",
-			strings.Join(args, " "), g.plugin.Name(), stdout, stderr)
+			strings.Join(args, " "), g.name(), stdout, stderr)
 	}
 	if !strings.Contains(stderr, "Error response from daemon: "+g.denialPrefix()) {
 		t.Fatalf("docker %s failed without a prune-guard denial: %v\nstderr: %s", strings.Join(args, " "), err, stderr)
@@ -114,7 +160,7 @@ const auditTimeout = 5 * time.Second
 // look only at the lines a later request caused.
 func auditMark(t testing.TB, g guard) int {
 	t.Helper()
-	return len(g.plugin.AuditLines(t))
+	return len(g.auditLines(t))
 }
 
 // auditLine waits for an audit line after the first mark lines with every
@@ -123,7 +169,7 @@ func auditLine(t testing.TB, g guard, mark int, want map[string]string) map[stri
 	t.Helper()
 	deadline := time.Now().Add(auditTimeout)
 	for {
-		lines := g.plugin.AuditLines(t)
+		lines := g.auditLines(t)
 		for _, l := range lines[min(mark, len(lines)):] {
 			if matches(l, want) {
 				return l
@@ -134,7 +180,7 @@ func auditLine(t testing.TB, g guard, mark int, want map[string]string) map[stri
 			for _, l := range lines {
 				fmt.Fprintf(&b, "  %v\n", l)
 			}
-			t.Fatalf("no audit line with %v after line %d of %s within %v; lines:\n%s", want, mark, g.plugin.AuditPath(), auditTimeout, b.String())
+			t.Fatalf("no audit line with %v after line %d of %s within %v; lines:\n%s", want, mark, g.auditPath(), auditTimeout, b.String())
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond) // polling a file the plugin appends to

@@ -1,6 +1,7 @@
 // Package e2e tests prune-guard end to end: the real binary, as the
-// authorization plugin of a real, private dockerd, driven by the real docker
-// CLI and by raw HTTP. Each test asserts on the engine's state afterwards
+// authorization plugin of a real, private dockerd or as the proxy in front of
+// one (proxy_test.go, proxy_buildkit_test.go), driven by the real docker CLI
+// and by raw HTTP. Each test asserts on the engine's state afterwards
 // (which images, containers, volumes still exist), not only on exit codes.
 //
 // The tests need Linux, root, dockerd, containerd, runc, the docker CLI and

@@ -23,8 +23,19 @@ import (
 // as the reaper would at the session's end.
 func TestTestcontainersGoSessionHoldsImageDeletesThroughItsTeardown(t *testing.T) {
 	t.Parallel()
-	e, p := enginetest.StartGuarded(t, enginetest.Options{PluginArgs: []string{"--run-grace", rules.DefaultGrace.String()}}) // the default grace
-	g := guard{Engine: e, plugin: p}
+	e, p := enginetest.StartGuarded(t, enginetest.Options{PluginArgs: testcontainersPluginArgs})
+	testcontainersSession(t, guard{Engine: e, plugin: p})
+}
+
+// testcontainersPluginArgs give prune-guard the default teardown grace.
+var testcontainersPluginArgs = []string{"--run-grace", rules.DefaultGrace.String()}
+
+// testcontainersSession runs the nested module's testcontainers-go session
+// against g (a plugin's or a proxy's: DOCKER_HOST is g's), then checks that
+// the session is held in its teardown grace.
+func testcontainersSession(t *testing.T, g guard) {
+	t.Helper()
+	e := g.Engine
 	n := enginetest.Nonce(t)
 	image, victim := "pg-tc-app:"+n, "pg-tc-victim:"+n
 	g.BuildImage(t, image, map[string]string{"app": n}, nil)

@@ -93,7 +93,7 @@ func BenchmarkKeptConnectionGET(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				r, err := parseResponseHead(head, "GET")
+				r, err := parseResponseHead(head, false)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -10,9 +10,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -52,20 +54,23 @@ type conn struct {
 	br   *bufio.Reader
 	long []byte // a request head longer than br's buffer
 
-	e     net.Conn      // the engine connection paired with c; nil until needed
-	ebr   *bufio.Reader // e's reader, during an exchange
+	// e is the engine connection paired with c; nil until needed. Only
+	// c's own goroutine sets it, under emu, so that cutOff may read it
+	// from another.
+	e     net.Conn
+	emu   sync.Mutex
+	ebr   *bufio.Reader // e's reader (through er), during an exchange
+	er    engineReader
 	elong []byte
-
-	// body is the request body's copy to the engine during an exchange:
-	// it yields once, when the body is sent (bodySent waits for it).
-	body    <-chan error
-	bodyErr error
+	watch clientWatch // the exchange's
 
 	closeOnce sync.Once
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{s: s, c: nc, br: bufio.NewReaderSize(nc, clientBufSize)}
+	c := &conn{s: s, c: nc, br: bufio.NewReaderSize(nc, clientBufSize)}
+	c.er.c = c
+	return c
 }
 
 // serve runs the connection until either side ends it.
@@ -114,15 +119,16 @@ func (c *conn) exchange() (keep bool) {
 		c.refuseHead(err)
 		return false
 	}
-	v := c.s.d.Decide(context.Background(), c.request(&h))
+	req := c.request(&h)
+	v := c.s.d.Decide(context.Background(), req)
 	if !v.Allow {
 		c.s.refused.Add(1)
 		// A body that was not read cannot be skipped safely: close.
 		keep = !h.close && h.body == noBody
-		c.answer(http.StatusForbidden, denialText(c.s.o.Name, v.Message), keep)
+		c.answer(h.head, http.StatusForbidden, denialText(c.s.o.Name, v.Message), keep)
 		return keep
 	}
-	return c.forward(&h)
+	return c.forward(&h, &req)
 }
 
 // readRequestHead reads the next request head. Only a head that has not
@@ -139,7 +145,7 @@ func (c *conn) readRequestHead() ([]byte, error) {
 
 // request is the Decider's view of a request head.
 func (c *conn) request(h *requestHead) Request {
-	r := Request{Method: h.method, URI: h.target}
+	r := Request{Method: string(h.method), URI: string(h.target)}
 	if len(c.s.o.Headers) == 0 {
 		return r
 	}
@@ -171,34 +177,38 @@ func (c *conn) refuseHead(err error) {
 	var he *headError
 	switch {
 	case errors.As(err, &he):
-		c.answer(http.StatusBadRequest, "prune-guard: malformed request refused: "+he.why, false)
+		c.answer(false, http.StatusBadRequest, "prune-guard: malformed request refused: "+he.why, false)
 	case errors.Is(err, errHeadTooLarge):
-		c.answer(http.StatusRequestHeaderFieldsTooLarge, "prune-guard: "+err.Error(), false)
+		c.answer(false, http.StatusRequestHeaderFieldsTooLarge, "prune-guard: "+err.Error(), false)
 	}
 	// Anything else is the connection failing: nobody to answer.
 }
 
 // forward sends an allowed request to the engine and relays its response.
-func (c *conn) forward(h *requestHead) bool {
+// Once the head is sent, h's byte slices are not to be read: the client
+// reader's buffer, which they point into, fills with the body and the
+// client's next bytes.
+func (c *conn) forward(h *requestHead, req *Request) bool {
 	if err := c.sendHead(h); err != nil {
 		keep := !h.close && h.body == noBody
-		c.answer(http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s does not answer: %v", c.s.o.Engine, err), keep)
+		c.answer(h.head, http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s does not answer: %v", c.s.o.Engine, err), keep)
 		return keep
 	}
 	c.ebr = engineBufs.Get().(*bufio.Reader)
-	c.ebr.Reset(c.e)
+	c.ebr.Reset(&c.er)
 	defer c.releaseEngineBuf()
 
-	c.body = c.sendBody(h)
-	keep, err := c.relay(h)
-	if bodyErr := c.bodySent(); bodyErr != nil {
+	w := c.watchClient(c.sendBody(h))
+	keep, err := c.relay(h, w)
+	bodyErr, gone := w.stop()
+	if bodyErr != nil || gone {
 		keep = false
 		if err == nil {
 			err = bodyErr
 		}
 	}
 	if err != nil {
-		c.s.o.Log.WithError(err).WithField("request", h.method+" "+string(clip([]byte(h.target)))).Debug("exchange ended early")
+		c.s.o.Log.WithError(err).WithField("request", req.Method+" "+string(clip([]byte(req.URI)))).Debug("exchange ended early")
 	}
 	return keep && err == nil && !h.close
 }
@@ -245,7 +255,9 @@ func (c *conn) dialEngine() error {
 	if err != nil {
 		return err
 	}
+	c.emu.Lock()
 	c.e = e
+	c.emu.Unlock()
 	return nil
 }
 
@@ -265,37 +277,32 @@ func (c *conn) sendBody(h *requestHead) <-chan error {
 	return done
 }
 
-// bodySent waits until the request body has been sent, and says how that
-// went. Reading the client's connection for anything else (a hijacked
-// stream, a tunnel) must wait for it: the body's copy reads it too.
-func (c *conn) bodySent() error {
-	if c.body != nil {
-		c.bodyErr, c.body = <-c.body, nil
-	}
-	return c.bodyErr
-}
-
 // relay copies the engine's response to the client. It reports whether
 // both connections may carry another exchange.
-func (c *conn) relay(h *requestHead) (keep bool, err error) {
+func (c *conn) relay(h *requestHead, w *clientWatch) (keep bool, err error) {
 	raw, err := readHead(c.ebr, &c.elong)
 	if err == nil {
 		var r responseHead
-		if r, err = parseResponseHead(raw, h.method); err == nil {
-			return c.relayResponse(h, raw, &r)
+		if r, err = parseResponseHead(raw, h.head); err == nil {
+			return c.relayResponse(h, raw, &r, w)
 		}
 	}
 	// Nothing of a final response reached the client yet: say why.
-	c.answer(http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s broke off the response: %v", c.s.o.Engine, err), false)
+	c.answer(h.head, http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s broke off the response: %v", c.s.o.Engine, err), false)
 	return false, fmt.Errorf("engine response: %w", err)
 }
 
 // relayResponse relays one response head and what follows it.
-func (c *conn) relayResponse(h *requestHead, raw []byte, r *responseHead) (keep bool, err error) {
+func (c *conn) relayResponse(h *requestHead, raw []byte, r *responseHead, w *clientWatch) (keep bool, err error) {
 	switch {
 	case r.status == http.StatusSwitchingProtocols:
 		if _, err := c.c.Write(raw); err != nil {
 			return false, err
+		}
+		// From here on the client's bytes are the engine's, not a
+		// request: the watch ends.
+		if bodyErr, _ := w.stop(); bodyErr != nil {
+			return false, bodyErr
 		}
 		return false, c.switched(h)
 	case r.status < 200:
@@ -303,12 +310,139 @@ func (c *conn) relayResponse(h *requestHead, raw []byte, r *responseHead) (keep 
 		if _, err := c.c.Write(raw); err != nil {
 			return false, err
 		}
-		return c.relay(h)
+		return c.relay(h, w)
+	}
+	if r.body == untilEOF {
+		if bodyErr, _ := w.stop(); bodyErr != nil {
+			return false, bodyErr
+		}
 	}
 	if err := c.relayBody(raw, r); err != nil {
 		return false, err
 	}
 	return !r.close, nil
+}
+
+// clientWatch notices a client that leaves while the proxy waits on the
+// engine for its answer. Once the request's body is sent it waits for the
+// client's next byte: a byte is a pipelined request, left for the next
+// exchange; the client's end (EOF, or its connection failing) is passed on
+// to the engine as a half-close, as dockerd would see it without the
+// proxy. Its request context ends, and a stream with nothing to send
+// (events, logs -f of a quiet container, wait) ends with it instead of
+// holding both connections until the engine writes again, which may be
+// never. A body the client broke off is passed on the same way.
+//
+// The watch costs a goroutine, so it starts only when the engine has kept
+// the exchange waiting for watchAfter (engineReader): nearly every exchange
+// is over sooner.
+type clientWatch struct {
+	c     *conn
+	sentc <-chan error // the body's copy, as sendBody returns it
+
+	started, stopped bool          // touched by the exchange's goroutine only
+	sent             chan struct{} // closed once the body is sent, or failed
+	done             chan struct{} // closed once the watch is over
+	stopping         atomic.Bool
+	bodyErr          error // valid once sent is closed
+	gone             bool  // valid once done is closed
+}
+
+// watchAfter is how long an exchange may wait on the engine before the
+// client is watched for its end.
+const watchAfter = 50 * time.Millisecond
+
+// watchClient prepares c's watch for the exchange whose body sendBody is
+// copying, and arms it.
+func (c *conn) watchClient(sent <-chan error) *clientWatch {
+	c.watch = clientWatch{c: c, sentc: sent}
+	_ = c.e.SetReadDeadline(time.Now().Add(watchAfter))
+	return &c.watch
+}
+
+// start starts the watch, unless it has started or stopped.
+func (w *clientWatch) start() {
+	if w.started || w.stopped {
+		return
+	}
+	w.started = true
+	w.sent, w.done = make(chan struct{}), make(chan struct{})
+	c := w.c
+	go func() {
+		defer close(w.done)
+		w.bodyErr = <-w.sentc
+		close(w.sent)
+		if w.bodyErr != nil {
+			c.halfCloseEngine()
+			return
+		}
+		if _, err := c.br.Peek(1); err != nil && !w.stopping.Load() {
+			w.gone = true
+			c.halfCloseEngine()
+		}
+	}()
+}
+
+// stop disarms the watch, waits for the request's body to be sent, ends
+// the wait for the client's next byte and reports the body's error and
+// whether the client left. Only the exchange's own goroutine calls it;
+// calls after the first report the same.
+func (w *clientWatch) stop() (bodyErr error, gone bool) {
+	if w.stopped {
+		return w.bodyErr, w.gone
+	}
+	w.stopped = true
+	_ = w.c.e.SetReadDeadline(time.Time{})
+	if !w.started {
+		w.bodyErr = <-w.sentc
+		return w.bodyErr, false
+	}
+	<-w.sent
+	w.stopping.Store(true)
+	// A read deadline in the past ends a pending Peek; the bufio reader
+	// keeps no error from it (net/http ends its background read the same
+	// way).
+	_ = w.c.c.SetReadDeadline(aLongTimeAgo)
+	<-w.done
+	_ = w.c.c.SetReadDeadline(time.Time{})
+	return w.bodyErr, w.gone
+}
+
+// engineReader reads the engine connection during an exchange. When the
+// watch's deadline passes it starts the watch and reads on.
+type engineReader struct{ c *conn }
+
+func (r *engineReader) Read(p []byte) (int, error) {
+	c := r.c
+	for {
+		n, err := c.e.Read(p)
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || c.watch.stopped {
+			return n, err
+		}
+		_ = c.e.SetReadDeadline(time.Time{})
+		c.watch.start()
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// aLongTimeAgo is a deadline that has passed.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// halfCloseEngine ends the engine connection's write side, so that the
+// engine reads the end of what the client sent.
+func (c *conn) halfCloseEngine() {
+	c.emu.Lock()
+	defer c.emu.Unlock()
+	if c.e == nil {
+		return
+	}
+	if cw, ok := c.e.(closeWriter); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	c.e.Close()
 }
 
 // relayBody sends the response head and its body to the client.
@@ -344,8 +478,10 @@ func (c *conn) relayBody(head []byte, r *responseHead) error {
 }
 
 // answer writes a response of the proxy's own with a JSON message, as
-// dockerd writes its errors.
-func (c *conn) answer(status int, message string, keep bool) {
+// dockerd writes its errors. The answer to a HEAD request (head) has the
+// head alone, as net/http answers HEAD: its Content-Length is the body's
+// that a GET would get.
+func (c *conn) answer(head bool, status int, message string, keep bool) {
 	var body bytes.Buffer
 	_ = jsonMessage(&body, message)
 	var b bytes.Buffer
@@ -355,7 +491,9 @@ func (c *conn) answer(status int, message string, keep bool) {
 		b.WriteString("Connection: close\r\n")
 	}
 	b.WriteString("\r\n")
-	b.Write(body.Bytes())
+	if !head {
+		b.Write(body.Bytes())
+	}
 	_, _ = c.c.Write(b.Bytes())
 }
 
@@ -393,8 +531,21 @@ func (c *conn) closeClient() {
 }
 
 func (c *conn) closeEngine() {
+	c.emu.Lock()
+	defer c.emu.Unlock()
 	if c.e != nil {
 		c.e.Close()
 		c.e = nil
+	}
+}
+
+// cutOff closes both of the connection's ends, from any goroutine: an
+// exchange that waits on the engine (a quiet stream, an attach) ends too.
+func (c *conn) cutOff() {
+	c.closeClient()
+	c.emu.Lock()
+	defer c.emu.Unlock()
+	if c.e != nil {
+		c.e.Close()
 	}
 }

@@ -9,12 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"strings"
 	"sync"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/net/http2"
 )
 
@@ -60,7 +62,7 @@ var h2Server = &http2.Server{}
 func (c *conn) serveHTTP2() {
 	f := &forwarder{c: c, redial: true}
 	defer f.close()
-	h2Server.ServeConn(&readerConn{Conn: c.c, r: c.br}, &http2.ServeConnOpts{Handler: f})
+	h2Server.ServeConn(&readerConn{Conn: c.c, r: c.br}, c.h2Opts(f))
 }
 
 // serveTunnel serves BuildKit's control tunnel after the engine switched
@@ -80,8 +82,25 @@ func (c *conn) serveTunnel() error {
 	}
 	f.cc = cc
 	defer f.close()
-	h2Server.ServeConn(&readerConn{Conn: c.c, r: c.br}, &http2.ServeConnOpts{Handler: f})
+	h2Server.ServeConn(&readerConn{Conn: c.c, r: c.br}, c.h2Opts(f))
 	return nil
+}
+
+// h2Opts serves h on an HTTP/2 connection, with what the HTTP/2 library
+// has to say about a connection (a client that left mid-preface, say) in
+// the proxy's log at debug level rather than on standard error.
+func (c *conn) h2Opts(h http.Handler) *http2.ServeConnOpts {
+	return &http2.ServeConnOpts{Handler: h, BaseConfig: &http.Server{
+		ErrorLog: log.New(debugWriter{c.s.o.Log}, "", 0),
+	}}
+}
+
+// debugWriter writes lines to a logger at debug level.
+type debugWriter struct{ l logrus.FieldLogger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.l.Debug(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 // readerConn is a connection whose reads come from r (a reader holding

@@ -47,14 +47,12 @@ const (
 	untilEOF                // a response that lasts until the connection closes
 )
 
-// requestHead is what the proxy reads of a request head. raw,
-// contentType and lengthRaw point into the reader's buffer and are valid
-// until the next read, that is until the body's copy begins: what is needed
-// after that (method, target, Upgrade) is copied out.
+// requestHead is what the proxy reads of a request head. Its byte slices
+// point into the reader's buffer and are valid until the next read.
 type requestHead struct {
 	raw         []byte // the whole head, blank line included
-	method      string
-	target      string
+	method      []byte
+	target      []byte
 	http10      bool
 	body        framing
 	length      int64  // for sized
@@ -63,8 +61,12 @@ type requestHead struct {
 	lengthRaw   []byte // the Content-Length value, trimmed
 	close       bool   // the client asked to close after this request
 	upgrade     bool   // Connection: upgrade with an Upgrade header
-	upgradeTo   string // the first Upgrade header's value
-	hasUpgrade  bool
+	upgradeTo   []byte // the Upgrade header's value
+	// What the exchange needs once the head is forwarded, when the bytes
+	// above may be gone: the client reader's buffer fills with the body
+	// and what follows.
+	head       bool // a HEAD request: its answer has no body
+	grpcTunnel bool // BuildKit's control tunnel: POST /grpc upgraded to h2c
 }
 
 // headError is a request the proxy refuses to read, with the reason the
@@ -196,19 +198,8 @@ func (h *requestHead) requestLine(line []byte) error {
 	default:
 		return badHead("unsupported protocol %q (HTTP/1.1, HTTP/1.0, or HTTP/2 with prior knowledge)", clip(version))
 	}
-	h.method, h.target = internMethod(method), string(target)
+	h.method, h.target = method, target
 	return nil
-}
-
-// internMethod returns the method as a string, without allocating for the
-// methods the Docker API uses.
-func internMethod(b []byte) string {
-	for _, m := range [...]string{"GET", "POST", "HEAD", "DELETE", "PUT"} {
-		if string(b) == m {
-			return m
-		}
-	}
-	return string(b)
 }
 
 // headerCounts counts the headers framing depends on.
@@ -248,8 +239,8 @@ func (h *requestHead) header(name, value []byte, seen *headerCounts) error {
 			}
 		})
 	case equalFold(name, "Upgrade"):
-		if !h.hasUpgrade {
-			h.upgradeTo, h.hasUpgrade = string(value), true
+		if h.upgradeTo == nil {
+			h.upgradeTo = value
 		}
 	}
 	return nil
@@ -275,7 +266,9 @@ func (h *requestHead) finish(seen headerCounts) error {
 	case seen.length == 1 && h.length > 0:
 		h.body = sized
 	}
-	h.upgrade = seen.connUpgrade && h.hasUpgrade
+	h.upgrade = seen.connUpgrade && h.upgradeTo != nil
+	h.head = string(h.method) == "HEAD"
+	h.grpcTunnel = h.upgradeTo != nil && equalFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target)
 	// An HTTP/1.0 connection is served one request: keeping it alive would
 	// take the keep-alive dance of both ends, which no Docker client needs.
 	h.close = h.close || h.http10
@@ -410,10 +403,10 @@ type responseHead struct {
 	close  bool
 }
 
-// parseResponseHead reads the engine's response head to a request with the
-// given method. The engine is a Go server, so anything unusual here is a
+// parseResponseHead reads the engine's response head to a request, a HEAD
+// request if head. The engine is a Go server, so anything unusual here is a
 // broken connection, not a client to humour: it is an error.
-func parseResponseHead(raw []byte, method string) (responseHead, error) {
+func parseResponseHead(raw []byte, head bool) (responseHead, error) {
 	r := responseHead{raw: raw}
 	line, rest, _ := bytes.Cut(raw, crlf)
 	version, rest0, ok := bytes.Cut(line, []byte(" "))
@@ -459,7 +452,7 @@ func parseResponseHead(raw []byte, method string) (responseHead, error) {
 		return r, errors.New("engine response: ambiguous framing")
 	}
 	switch {
-	case status < 200 || status == 204 || status == 304 || method == "HEAD":
+	case status < 200 || status == 204 || status == 304 || head:
 		r.body = noBody
 	case tes == 1:
 		r.body = chunked

@@ -35,9 +35,9 @@ func checkLikeNetHTTP(t *testing.T, data []byte) bool {
 		t.Fatalf("the proxy accepted what net/http refuses (%v): %q", rerr, data)
 	}
 	switch {
-	case req.Method != h.method:
+	case req.Method != string(h.method):
 		t.Fatalf("method %q, net/http %q: %q", h.method, req.Method, data)
-	case req.RequestURI != h.target:
+	case req.RequestURI != string(h.target):
 		t.Fatalf("target %q, net/http %q: %q", h.target, req.RequestURI, data)
 	case req.ProtoMinor == 0 != h.http10 || req.ProtoMajor != 1:
 		t.Fatalf("version http10=%v, net/http %s: %q", h.http10, req.Proto, data)

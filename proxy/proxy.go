@@ -204,11 +204,14 @@ func (s *Server) drain() error {
 	}
 }
 
+// closeAll cuts every connection off, the engine's side too: an exchange
+// waiting on the engine (a stream with nothing to send, an attach) must end
+// as well.
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		c.closeClient()
+		c.cutOff()
 	}
 }
 

@@ -374,3 +374,124 @@ func TestManyConnectionsLeaveNoGoroutines(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// An answer of the proxy's own to a HEAD request (a refusal, the engine
+// down) is a head with no body, as net/http answers HEAD: a body would be
+// read as the next answer on the kept connection. The docker CLI pings
+// with HEAD /_ping before every command.
+func TestAnswersOfTheProxysOwnToHEADCarryNoBody(t *testing.T) {
+	for _, tc := range []struct {
+		name, engine, target string
+		status, next         int
+	}{
+		{"refused", goEngine(t, engineMux()), "/images/prune", http.StatusForbidden, http.StatusOK},
+		{"engine down", filepath.Join(t.TempDir(), "gone.sock"), "/_ping", http.StatusBadGateway, http.StatusBadGateway},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := dialRaw(t, serveProxy(t, &policyDecider{}, tc.engine))
+			io.WriteString(c, "HEAD "+tc.target+" HTTP/1.1\r\nHost: d\r\n\r\nGET /containers/json HTTP/1.1\r\nHost: d\r\n\r\n")
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
+			if err != nil || resp.StatusCode != tc.status || resp.Close {
+				t.Fatalf("HEAD %s: %v %v; want %d on a kept connection", tc.target, resp, err, tc.status)
+			}
+			resp, err = http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("the answer after HEAD's: %v (HEAD's answer carried a body?)", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != tc.next {
+				t.Errorf("the answer after HEAD's = %d, want %d", resp.StatusCode, tc.next)
+			}
+		})
+	}
+}
+
+// A client that leaves while the engine streams nothing (docker events, logs
+// -f of a quiet container) is noticed at once: the engine sees its end, as
+// it would without the proxy, and ends the stream, so that neither the
+// engine's handler nor the proxy's connections wait for a write that may
+// never come. A client that only half-closes still gets the stream's end.
+func TestAClientThatLeavesAQuietStreamEndsItAtTheEngine(t *testing.T) {
+	for _, half := range []bool{false, true} {
+		t.Run(fmt.Sprintf("half-close=%v", half), func(t *testing.T) {
+			mux := engineMux()
+			ended := make(chan struct{})
+			mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusOK)
+				w.(http.Flusher).Flush()
+				<-r.Context().Done() // as dockerd's events route: only the client's end stops it
+				close(ended)
+			})
+			c, br := dialRaw(t, serveProxy(t, &policyDecider{}, goEngine(t, mux)))
+			io.WriteString(c, "GET /events HTTP/1.1\r\nHost: d\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /events: %v %v", resp, err)
+			}
+			if half {
+				c.(*net.UnixConn).CloseWrite()
+			} else {
+				c.Close()
+			}
+			select {
+			case <-ended:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the engine's stream still runs 10 s after its client left")
+			}
+			if half {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+					t.Errorf("the half-closed client did not get the stream's end: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// Shutting down cuts off, once the drain bound has passed, the exchanges
+// that wait on the engine with their client still there (a stream the
+// engine keeps open whatever the client does, an attach to a quiet
+// container), and Serve returns.
+func TestShutdownCutsOffExchangesThatWaitOnTheEngine(t *testing.T) {
+	mux := engineMux()
+	release := make(chan struct{})
+	mux.HandleFunc("GET /quiet", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-release // deaf to the client's end
+	})
+	engine := goEngine(t, mux)
+	t.Cleanup(func() { close(release) }) // before the engine's cleanup
+	sock := filepath.Join(t.TempDir(), "proxy.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const drain = 200 * time.Millisecond
+	s := New(&policyDecider{}, Options{Engine: engine, Drain: drain})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+
+	for _, head := range []string{
+		"GET /quiet HTTP/1.1\r\nHost: d\r\n\r\n",
+		"POST /attach HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+	} {
+		c, br := dialRaw(t, sock)
+		io.WriteString(c, head)
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode/100 > 2 {
+			t.Fatalf("%q: %v %v", head, resp, err)
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "cut off") {
+			t.Errorf("Serve = %v; want it to say requests in flight were cut off", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Serve still waits 10 s after shutdown began (drain bound %v)", drain)
+	}
+}

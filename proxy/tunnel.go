@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"path"
-	"strings"
 )
 
 // switched carries on after the engine switched protocols (101) for
@@ -16,13 +15,7 @@ import (
 // else (attach and exec with Upgrade: tcp, BuildKit's /session tunnel, in
 // which the engine is the caller) becomes a raw byte pipe.
 func (c *conn) switched(h *requestHead) error {
-	// The engine switched after reading the request's body (exec reads
-	// its options first); the copy of it must be done before anything
-	// else reads the client.
-	if err := c.bodySent(); err != nil {
-		return err
-	}
-	if strings.EqualFold(h.upgradeTo, "h2c") && isGRPCTunnel(h.target) {
+	if h.grpcTunnel {
 		return c.serveTunnel()
 	}
 	return c.pipe()
@@ -30,8 +23,8 @@ func (c *conn) switched(h *requestHead) error {
 
 // isGRPCTunnel reports whether a request target is BuildKit's control
 // tunnel, as moby routes it (/grpc, with or without an API version).
-func isGRPCTunnel(target string) bool {
-	p := target
+func isGRPCTunnel(target []byte) bool {
+	p := string(target)
 	if i := indexAny(p, "?#"); i >= 0 {
 		p = p[:i]
 	}
@@ -61,9 +54,6 @@ type closeWriter interface{ CloseWrite() error }
 // while its output still flows back (docker attach and exec), and the
 // engine cancels an attach whose connection closes entirely.
 func (c *conn) pipe() error {
-	if err := c.bodySent(); err != nil {
-		return err
-	}
 	toEngine := make(chan error, 1)
 	go func() { toEngine <- halfCopy(c.e, c.br) }()
 	back := halfCopy(c.c, c.ebr)
@@ -92,6 +82,8 @@ func halfCopy(dst net.Conn, src *bufio.Reader) error {
 // closeEngineConn closes the engine connection without forgetting it, so
 // that a copy still using it ends.
 func (c *conn) closeEngineConn() {
+	c.emu.Lock()
+	defer c.emu.Unlock()
 	if c.e != nil {
 		c.e.Close()
 	}

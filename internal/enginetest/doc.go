@@ -1,6 +1,11 @@
 // Package enginetest starts and drives a private Docker Engine (dockerd) for
 // end-to-end tests, optionally with a prune-guard authorization plugin in its
-// request chain.
+// request chain (StartPlugin, StartGuarded) or with no plugin and "prune-guard
+// proxy" in front of it (StartProxy, StartProxied). A proxy's Client is the
+// engine as the proxy's clients reach it: an Engine whose docker CLI (compose
+// and buildx included), raw HTTP, Host and Env go through the proxy's socket,
+// while the Engine itself stays reachable on its own. Engine.Restart stops
+// and starts dockerd under whatever is in front of it.
 //
 // Every engine lives in its own short temporary directory: its own API
 // socket, data root, exec root, pidfile and (empty) daemon.json, with

@@ -30,6 +30,17 @@ func (e *Engine) Docker(t testing.TB, args ...string) (stdout, stderr string, er
 	return e.runDocker(t, e.withBuildx, args...)
 }
 
+// DockerCmd returns the docker CLI command "docker args..." with the
+// environment Docker gives it, unstarted, for a test that feeds it stdin
+// or reads its output as it comes (docker run -i, logs -f, events). ctx
+// kills it.
+func (e *Engine) DockerCmd(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, e.docker, args...)
+	cmd.Env = e.cliEnv(e.withBuildx)
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
+}
+
 // runDocker is Docker, with BuildKit on or off for the CLI (cliEnv).
 func (e *Engine) runDocker(t testing.TB, buildkit bool, args ...string) (stdout, stderr string, err error) {
 	t.Helper()

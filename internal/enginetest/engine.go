@@ -49,13 +49,16 @@ type Options struct {
 	Buildx bool
 }
 
-// Engine is a private dockerd started by Start.
+// Engine is a private dockerd started by Start, or such an engine as the
+// clients of a prune-guard proxy in front of it reach it (Proxy.Client).
 type Engine struct {
-	root   string // short temporary directory holding everything below
-	sock   string // dockerd's API socket
-	config string // DOCKER_CONFIG for the CLI, so the user's config is never read
-	log    string // dockerd's stdout and stderr
-	docker string // docker CLI binary
+	root   string  // short temporary directory holding everything below
+	sock   string  // dockerd's API socket
+	client string  // the socket clients use when it is not sock (a proxy's); "" otherwise
+	owner  *Engine // the engine that owns the dockerd process, for a client's view; nil for the owner
+	config string  // DOCKER_CONFIG for the CLI, so the user's config is never read
+	log    string  // dockerd's stdout and stderr
+	docker string  // docker CLI binary
 
 	name       string // PG_ENGINE, or "system"
 	binDir     string // goes first on dockerd's PATH; "" for the system engine
@@ -66,9 +69,10 @@ type Engine struct {
 	id         Identity
 	cli        cliAPI
 
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when dockerd has exited
-	err    error         // dockerd's exit status, valid once exited is closed
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when dockerd has exited
+	err     error         // dockerd's exit status, valid once exited is closed
+	stopped bool          // dockerd was stopped on purpose (Restart) and has not come back
 }
 
 // Start starts a private dockerd with opts and waits until it answers
@@ -146,7 +150,7 @@ func (e *Engine) start(t testing.TB, opts Options) {
 	}
 	ns := "pg-" + filepath.Base(e.root)
 	args := []string{
-		"--host", e.Host(),
+		"--host", "unix://" + e.sock,
 		"--data-root", filepath.Join(e.root, "data"),
 		"--exec-root", filepath.Join(e.root, "exec"),
 		"--pidfile", filepath.Join(e.root, "d.pid"),
@@ -171,29 +175,13 @@ func (e *Engine) start(t testing.TB, opts Options) {
 	args = append(args, opts.ExtraArgs...)
 	e.cmd.Args = append([]string{e.cmd.Path}, args...)
 	e.cmd.Env = daemonEnv(e.binDir)
-	// If the test binary dies without running its cleanups, dockerd still
-	// gets a chance to stop its containers and containerd.
-	e.cmd.SysProcAttr = deathSignal(syscall.SIGTERM)
-	logf, err := os.Create(e.log)
-	if err != nil {
-		t.Fatalf("enginetest: creating dockerd log: %v", err)
-	}
-	defer logf.Close() // dockerd has its own descriptor once started
-	e.cmd.Stdout = logf
-	e.cmd.Stderr = logf
-	if err := e.cmd.Start(); err != nil {
-		t.Fatalf("enginetest: starting %s: %v", e.cmd.Path, err)
-	}
-	go func() {
-		e.err = e.cmd.Wait()
-		close(e.exited)
-	}()
+	began := time.Now()
+	e.launch(t)
 	t.Cleanup(func() {
 		t.Helper()
 		e.stop(t)
 	})
 
-	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	if err := e.waitReady(ctx); err != nil {
@@ -205,6 +193,79 @@ func (e *Engine) start(t testing.TB, opts Options) {
 	}
 	e.id = id
 	t.Logf("enginetest: dockerd at %s ready in %v (%s); CLI %s", e.Host(), time.Since(began).Round(time.Millisecond), id, e.docker)
+}
+
+// launch starts e.cmd (its path, arguments and environment set), its
+// output appended to dockerd's log, and notes its exit.
+func (e *Engine) launch(t testing.TB) {
+	t.Helper()
+	// If the test binary dies without running its cleanups, dockerd still
+	// gets a chance to stop its containers and containerd.
+	e.cmd.SysProcAttr = deathSignal(syscall.SIGTERM)
+	logf, err := os.OpenFile(e.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatalf("enginetest: opening dockerd log: %v", err)
+	}
+	defer logf.Close() // dockerd has its own descriptor once started
+	e.cmd.Stdout = logf
+	e.cmd.Stderr = logf
+	if err := e.cmd.Start(); err != nil {
+		t.Fatalf("enginetest: starting %s: %v", e.cmd.Path, err)
+	}
+	cmd, exited := e.cmd, make(chan struct{})
+	e.exited = exited
+	go func() {
+		e.err = cmd.Wait()
+		close(exited)
+	}()
+}
+
+// Restart stops dockerd as an operator does (SIGTERM, then waiting for it to
+// exit: its containers stop with it), calls down while it is stopped, then
+// starts it again with the same arguments, data root and socket, and waits
+// until it answers /_ping. Whatever is in front of the engine (a plugin, a
+// proxy) is left alone. On a client's view (Proxy.Client) it restarts the
+// engine behind the view.
+func (e *Engine) Restart(t testing.TB, down func()) {
+	t.Helper()
+	e = e.daemon()
+	select {
+	case <-e.exited:
+		t.Fatalf("enginetest: restart: dockerd has exited: %v", e.err)
+	default:
+	}
+	e.stopped = true
+	if err := e.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("enginetest: restart: SIGTERM dockerd: %v", err)
+	}
+	if !waitClosed(e.exited, stopTimeout) {
+		_ = e.cmd.Process.Kill()
+		waitClosed(e.exited, killTimeout)
+		t.Fatalf("enginetest: restart: dockerd still running %v after SIGTERM; killed it", stopTimeout)
+	}
+	t.Logf("enginetest: dockerd at %s stopped for a restart (%v)", e.Host(), exitText(e.err))
+	down()
+	prev := e.cmd
+	e.cmd = exec.Command(prev.Path, prev.Args[1:]...)
+	e.cmd.Env = prev.Env
+	began := time.Now()
+	e.launch(t)
+	e.stopped = false
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := e.waitReady(ctx); err != nil {
+		t.Fatalf("enginetest: dockerd restarted: %v\n%s", err, tail(e.log, "dockerd log"))
+	}
+	t.Logf("enginetest: dockerd at %s ready again in %v", e.Host(), time.Since(began).Round(time.Millisecond))
+}
+
+// daemon is the engine that owns the dockerd process: e itself, or for a
+// client's view the engine behind it.
+func (e *Engine) daemon() *Engine {
+	if e.owner != nil {
+		return e.owner
+	}
+	return e
 }
 
 // addBuildx links the buildx plugin into the CLI's config directory, beside
@@ -258,11 +319,18 @@ func (e *Engine) ping(ctx context.Context) error {
 	return nil
 }
 
-// Host is the engine's address for DOCKER_HOST or --docker-host.
-func (e *Engine) Host() string { return "unix://" + e.sock }
+// Host is the engine's address for DOCKER_HOST or --docker-host: its own
+// socket, or for a client's view (Proxy.Client) the proxy's.
+func (e *Engine) Host() string { return "unix://" + e.Socket() }
 
-// Socket is the path of the engine's API socket.
-func (e *Engine) Socket() string { return e.sock }
+// Socket is the path of the engine's API socket, or for a client's view
+// (Proxy.Client) the path of the proxy's.
+func (e *Engine) Socket() string {
+	if e.client != "" {
+		return e.client
+	}
+	return e.sock
+}
 
 // LogTail returns the end of dockerd's log, for failure messages.
 func (e *Engine) LogTail() string { return tail(e.log, "dockerd log") }
@@ -307,7 +375,9 @@ func (e *Engine) stop(t testing.TB) {
 	t.Logf("enginetest: removed %d containers in %v", len(ids), time.Since(began).Round(time.Millisecond))
 	select {
 	case <-e.exited:
-		t.Errorf("enginetest: dockerd exited during the test: %v", e.err)
+		if !e.stopped {
+			t.Errorf("enginetest: dockerd exited during the test: %v", e.err)
+		}
 	default:
 		e.removeNetworks(t)
 		e.leaveSwarm(t)

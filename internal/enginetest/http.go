@@ -63,7 +63,7 @@ func (e *Engine) RawHTTP(t testing.TB, request []byte) (status int, respBody str
 }
 
 func (e *Engine) rawHTTP(request []byte) (int, string, error) {
-	conn, err := net.DialTimeout("unix", e.sock, httpTimeout)
+	conn, err := net.DialTimeout("unix", e.Socket(), httpTimeout)
 	if err != nil {
 		return 0, "", fmt.Errorf("connecting: %w", err)
 	}

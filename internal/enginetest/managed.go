@@ -48,6 +48,7 @@ func (e *Engine) ConfigPath() string { return filepath.Join(e.root, "daemon.json
 // authorization plugin that is missing or disabled.
 func (e *Engine) Reload(t testing.TB, settings map[string]any) {
 	t.Helper()
+	e = e.daemon()
 	select {
 	case <-e.exited:
 		t.Fatalf("enginetest: reload: dockerd has exited: %v", e.err)

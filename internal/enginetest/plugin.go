@@ -151,7 +151,13 @@ func (p *Plugin) LogTail() string { return tail(p.log, "plugin log") }
 // fails t.
 func (p *Plugin) AuditLines(t testing.TB) []map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(p.audit)
+	return auditLines(t, p.audit)
+}
+
+// auditLines reads the audit log at path (see Plugin.AuditLines).
+func auditLines(t testing.TB, path string) []map[string]any {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
