@@ -49,7 +49,10 @@ func (o Outcome) Valid() bool { return o == Allow || o == Deny || o == WouldDeny
 // make the reader see empty values. Fields are declared in the order of
 // their JSON keys, which is the order lines have always had.
 type Record struct {
-	Decision Outcome `json:"decision"`
+	// Decision is set on every decision line and on nothing else: a
+	// pull record (Pull set) and an event have none, which is how readers
+	// tell them apart.
+	Decision Outcome `json:"decision,omitempty"`
 	Doubt    string  `json:"doubt,omitempty"`
 	// DurationUS is how long the decision took, in microseconds.
 	DurationUS int64  `json:"duration_us,omitempty"`
@@ -63,16 +66,59 @@ type Record struct {
 	// the decision asked and found it so (rules.Decision.Protected).
 	// Lines written before it was recorded, and decisions that found
 	// nothing protected, did not ask or could not tell, lack it.
-	Protected string   `json:"protected,omitempty"`
-	Reason    string   `json:"reason"`
-	Rule      string   `json:"rule"`
-	Runs      []string `json:"runs"`
-	Target    string   `json:"target,omitempty"`
+	Protected string `json:"protected,omitempty"`
+	// Pull makes the line a pull record: an image pull counted for cache
+	// accounting, not a decision (Decision is empty).
+	Pull   *Pull    `json:"pull,omitempty"`
+	Reason string   `json:"reason"`
+	Rule   string   `json:"rule"`
+	Runs   []string `json:"runs"`
+	Target string   `json:"target,omitempty"`
 	// Time is when the line was written, RFC 3339 with nanoseconds; Write
 	// sets it, and Level and Msg.
 	Time string `json:"time"`
 	URI  string `json:"uri"`
 	User string `json:"user"`
+}
+
+// PullResult says whether a pulled image was local before the pull.
+type PullResult string
+
+// The results of a pull.
+const (
+	// PullHit: the reference was local before the pull, so only a
+	// manifest check went to the registry (unless a newer image was
+	// downloaded under it).
+	PullHit PullResult = "hit"
+	// PullMiss: the reference was not local.
+	PullMiss PullResult = "miss"
+	// PullUnknown: prune-guard could not tell (the engine did not answer,
+	// the pull names every tag, or which image it names is in doubt).
+	PullUnknown PullResult = "unknown"
+)
+
+// Pull is what a pull record carries beyond the request: where from, and
+// whether the cache had it.
+type Pull struct {
+	// Registry is the reference's registry, normalized: docker.io for
+	// Docker Hub, host[:port] (lower case) otherwise; "(unknown)" when the
+	// reference is.
+	Registry string     `json:"registry"`
+	Result   PullResult `json:"result"`
+	// Progress is what the pull's progress stream reported; only a proxy,
+	// which relays the stream, records it.
+	Progress *PullProgress `json:"progress,omitempty"`
+	// Error is why the pull failed, as the engine said it (proxy mode),
+	// or why the stream could not be followed to its end.
+	Error string `json:"error,omitempty"`
+}
+
+// PullProgress counts the layers of a pull and the bytes it downloaded,
+// as the engine's progress stream reported them.
+type PullProgress struct {
+	LayersReused     int64 `json:"layers_reused"`
+	LayersDownloaded int64 `json:"layers_downloaded"`
+	BytesDownloaded  int64 `json:"bytes_downloaded"`
 }
 
 // Log is an audit log. It is safe for concurrent use: writes are
@@ -155,10 +201,15 @@ func (lg *Log) Write(r Record) {
 	r.Protected = redact.String(r.Protected)
 	r.Runs = redactAll(r.Runs)
 	r.Time = time.Now().Format(time.RFC3339Nano)
-	switch r.Decision {
-	case Deny:
+	switch {
+	case r.Pull != nil:
+		p := *r.Pull
+		p.Error = redact.String(p.Error)
+		r.Pull, r.Decision = &p, ""
+		r.Level, r.Msg = "info", "image pull"
+	case r.Decision == Deny:
 		r.Level, r.Msg = "warning", "request denied"
-	case WouldDeny:
+	case r.Decision == WouldDeny:
 		r.Level, r.Msg = "warning", "request allowed, but a warn rule would deny it"
 	default:
 		r.Level, r.Msg = "info", "request allowed"

@@ -120,3 +120,36 @@ func TestProtectedIsWrittenOnlyWhenADecisionFoundTheTargetProtected(t *testing.T
 		})
 	}
 }
+
+// A pull record is no decision: it has no decision field (readers count it
+// apart from decisions), its own message, and its error redacted.
+func TestPullRecordHasNoDecisionAndARedactedError(t *testing.T) {
+	var buf bytes.Buffer
+	lg := New(&buf, nil)
+	pull := &Pull{Registry: "docker.io", Result: PullMiss, Error: "pull access denied: https://u:hunter2@registry.example/v2/"}
+	lg.Write(Record{Decision: Allow, Operation: "image-pull", Method: "POST", URI: "/v1.51/images/create?fromImage=alpine&tag=3",
+		Target: "docker.io/library/alpine:3", Pull: pull})
+	var m map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(buf.Bytes()), &m); err != nil {
+		t.Fatalf("%v: %s", err, buf.Bytes())
+	}
+	if _, ok := m["decision"]; ok {
+		t.Errorf("a pull record carries a decision: %s", buf.Bytes())
+	}
+	if m["msg"] != "image pull" || m["level"] != "info" {
+		t.Errorf("msg %v, level %v; want image pull, info", m["msg"], m["level"])
+	}
+	p, _ := m["pull"].(map[string]any)
+	if p["registry"] != "docker.io" || p["result"] != "miss" {
+		t.Errorf("pull = %v", m["pull"])
+	}
+	if _, ok := p["progress"]; ok {
+		t.Errorf("a pull no proxy relayed has no progress: %v", p)
+	}
+	if bytes.Contains(buf.Bytes(), []byte("hunter2")) {
+		t.Errorf("the pull's error was not redacted: %s", buf.Bytes())
+	}
+	if pull.Error == "" || !bytes.Contains([]byte(pull.Error), []byte("hunter2")) {
+		t.Errorf("Write changed the caller's record: %+v", pull)
+	}
+}

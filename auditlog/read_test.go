@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/policy"
@@ -180,6 +182,9 @@ func FuzzReport(f *testing.F) {
 	f.Add([]byte(`{"decision":"allow","runs":["unknown: x"],"doubt":"d","operation":"image-prune-all","method":"POST","uri":"/v1.43/images/prune"}`))
 	f.Add([]byte("\x1f\x8b\x08\x00garbage"))
 	f.Add([]byte("null\n[]\n{\"msg\":1}\n"))
+	if seed, err := os.ReadFile("testdata/cache.jsonl"); err == nil {
+		f.Add(seed)
+	}
 	p := policy.Default().Policy
 	f.Fuzz(func(t *testing.T, in []byte) {
 		s, err := Report(bytes.NewReader(in), io.Discard, Options{})
@@ -187,6 +192,12 @@ func FuzzReport(f *testing.F) {
 			t.Errorf("Read=%d but Matched=%d and Skipped=%d", s.Read, s.Matched, s.Skipped)
 		}
 		Replay(bytes.NewReader(in), io.Discard, p, ReplayOptions{JSON: true})
+		for _, j := range []bool{false, true} {
+			c, err := CacheReport(bytes.NewReader(in), io.Discard, CacheOptions{At: time.Unix(1764158400, 0), HubLimit: 100, JSON: j})
+			if err == nil && (c.Pulls < 0 || len(c.removed) > MaxKeys || len(c.Evictions) > maxEvictions) {
+				t.Errorf("cache report out of bounds: %d pulls, %d removals held, %d evictions", c.Pulls, len(c.removed), len(c.Evictions))
+			}
+		}
 	})
 }
 
@@ -205,6 +216,8 @@ func TestEveryRecordFieldSurvivesTheRoundTrip(t *testing.T) {
 			f.SetInt(int64(1000 + i))
 		case reflect.Slice:
 			f.Set(reflect.ValueOf([]string{"run-" + v.Type().Field(i).Name}))
+		case reflect.Pointer:
+			// Pull: a pull record, read back below.
 		default:
 			t.Fatalf("field %s has kind %s: extend this test", v.Type().Field(i).Name, f.Kind())
 		}
@@ -220,5 +233,19 @@ func TestEveryRecordFieldSurvivesTheRoundTrip(t *testing.T) {
 	want.Time, want.Level, want.Msg = got[0].Record.Time, got[0].Level, got[0].Msg
 	if !reflect.DeepEqual(got[0].Record, want) {
 		t.Errorf("read back\n %+v\nwant\n %+v", got[0].Record, want)
+	}
+
+	// The same record as a pull record: no decision, the pull's fields.
+	want.Pull = &audit.Pull{Registry: "registry.example:5000", Result: audit.PullMiss, Error: "v-Error",
+		Progress: &audit.PullProgress{LayersReused: 1, LayersDownloaded: 2, BytesDownloaded: 3}}
+	buf.Reset()
+	audit.New(&buf, nil).Write(want)
+	got = readAll(t, NewReader(&buf))
+	if len(got) != 1 || got[0].IsDecision || got[0].Decision != "" {
+		t.Fatalf("a pull record read as %+v from %s", got, buf.String())
+	}
+	want.Decision, want.Time, want.Level, want.Msg = "", got[0].Record.Time, got[0].Level, got[0].Msg
+	if !reflect.DeepEqual(got[0].Record, want) {
+		t.Errorf("pull record read back\n %+v\nwant\n %+v", got[0].Record, want)
 	}
 }

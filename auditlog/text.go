@@ -82,11 +82,14 @@ func or(s, alt string) string {
 // writeLine writes l as one readable line:
 //
 //	TIME  DECISION  RULE  OPERATION  METHOD URI  [runs: …]  [user: …]
+//	TIME  pull      RESULT  REGISTRY  REFERENCE  [layers: …]  [error: …]  [user: …]
 //	TIME  event     MSG  [KEY=VALUE …]
 func writeLine(w io.Writer, l *Line) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-20s ", formatTime(l.Time))
-	if !l.IsDecision {
+	if l.Pull != nil && !l.IsDecision {
+		writePull(&b, l)
+	} else if !l.IsDecision {
 		fmt.Fprintf(&b, "%-10s %s", "event", Printable(or(l.Msg, "(no msg)")))
 		writeEventFields(&b, l.Raw)
 	} else {
@@ -102,6 +105,22 @@ func writeLine(w io.Writer, l *Line) error {
 	b.WriteByte('\n')
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writePull writes a pull record's fields after its time.
+func writePull(b *strings.Builder, l *Line) {
+	p := l.Pull
+	fmt.Fprintf(b, "%-10s %-20s %-16s %s", "pull", Printable(or(string(p.Result), "-")), Printable(or(p.Registry, "-")),
+		Printable(or(l.Target, "(unknown reference)")))
+	if pr := p.Progress; pr != nil {
+		fmt.Fprintf(b, "  layers: %d reused, %d downloaded (%s)", pr.LayersReused, pr.LayersDownloaded, bytesText(pr.BytesDownloaded))
+	}
+	if p.Error != "" {
+		fmt.Fprintf(b, "  error: %s", Printable(p.Error))
+	}
+	if l.User != "" {
+		fmt.Fprintf(b, "  user: %s", Printable(l.User))
+	}
 }
 
 // writeEventFields appends an event's fields other than time, level and msg

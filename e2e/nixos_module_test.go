@@ -38,7 +38,16 @@ import (
 //     list element, true/false for booleans, keys in attribute order),
 //     the [Unit] keys from requires/wants/after/before (space-joined),
 //     description and documentation, ListenStream= lines, WantedBy=;
-//   - nixos/modules/system/boot/systemd/tmpfiles.nix: rules one per line.
+//   - nixos/modules/system/boot/systemd/tmpfiles.nix: rules one per line;
+//   - lib/modules.nix: of an option's definitions only those of the
+//     highest priority count (mkForce 50, a plain one 100); lists are
+//     concatenated, attribute sets merged by key, and other values must
+//     be equal ("conflicting definition values");
+//   - nixos/modules/virtualisation/docker.nix: what proxy mode builds on,
+//     defined at normal priority: daemon.settings group "docker" and hosts
+//     [ "fd://" ], docker.socket on listenOptions (default
+//     [ "/run/docker.sock" ]) 0660 root:docker from sockets.target, and
+//     docker.service requiring it.
 //
 // Left out: the Environment= lines NixOS adds (PATH, LOCALE_ARCHIVE, TZDIR)
 // and X-Restart-Triggers; the module sets neither.
@@ -73,6 +82,7 @@ let
       merge = removeSuffix "\n";
     };
     listOf = t: mkType "list of ${t.name}" (x: isList x && builtins.all t.check x);
+    enum = vs: mkType "one of ${concatStringsSep ", " (map builtins.toJSON vs)}" (x: builtins.elem x vs);
     ints.between = lo: hi: mkType "integer between ${toString lo} and ${toString hi} (both inclusive)"
       (x: builtins.isInt x && x >= lo && x <= hi);
     json = mkType "JSON value" (x: true);
@@ -85,6 +95,8 @@ let
     mkEnableOption = name: mkOption { type = types.bool; default = false; description = "Whether to enable ${name}."; };
     mkIf = condition: content: { _type = "if"; inherit condition content; };
     mkMerge = contents: { _type = "merge"; inherit contents; };
+    mkOverride = priority: content: { _type = "override"; inherit priority content; };
+    mkForce = mkOverride 50;
     recursiveUpdate = update;
     any = builtins.any;
     optional = c: x: if c then [ x ] else [ ];
@@ -138,9 +150,54 @@ let
     services.prune-guard = values [ "services" "prune-guard" ] eval.options.services.prune-guard (user.prune-guard or { });
     # Without autoPrune.allVolumes, as in nixpkgs before 24.11; a test
     # that sets it plays a newer nixpkgs.
-    virtualisation.docker = update { enable = true; extraOptions = ""; autoPrune = { enable = false; flags = [ ]; }; } (user.docker or { });
+    virtualisation.docker = update {
+      enable = true; extraOptions = ""; listenOptions = [ "/run/docker.sock" ];
+      autoPrune = { enable = false; flags = [ ]; };
+    } (user.docker or { });
   };
   out = resolve eval.config;
+
+  # An option's definitions merged as the module system merges them (see
+  # above); mkOverride's wrapper is kept by resolve for this.
+  prio = v: if isAttrs v && (v._type or "") == "override" then v.priority else 100;
+  strip = v: if isAttrs v && (v._type or "") == "override" then v.content else v;
+  mergeDefs = name: defs:
+    let
+      best = builtins.foldl' (m: v: if prio v < m then prio v else m) 1000 defs;
+      kept = map strip (builtins.filter (v: prio v == best) defs);
+      first = builtins.head kept;
+    in
+    if builtins.all isList kept then builtins.concatLists kept
+    else if builtins.all (v: isAttrs v && !(v ? _type)) kept then
+      builtins.zipAttrsWith (n: vs: mergeDefs "${name}.${n}" vs) kept
+    else if builtins.all (v: v == first) kept then first
+    else throw "The option ${bt}${name}' has conflicting definition values: ${builtins.toJSON kept}";
+
+  # nixpkgs' docker module, for the definitions proxy mode overrides or
+  # adds to.
+  nixpkgsDocker = {
+    settings = { group = "docker"; hosts = [ "fd://" ]; };
+    socket = {
+      description = "Docker Socket for the API";
+      wantedBy = [ "sockets.target" ];
+      socketConfig = {
+        ListenStream = cfg.virtualisation.docker.listenOptions;
+        SocketMode = "0660";
+        SocketUser = "root";
+        SocketGroup = "docker";
+      };
+    };
+    service = {
+      description = "Docker Application Container Engine";
+      after = [ "network.target" "docker.socket" ];
+      requires = [ "docker.socket" ];
+      serviceConfig.Type = "notify";
+    };
+  };
+  daemonSettings = mergeDefs "virtualisation.docker.daemon.settings"
+    [ nixpkgsDocker.settings (out.virtualisation.docker.daemon.settings or { }) ];
+  dockerSocket = mergeDefs "systemd.sockets.docker" [ nixpkgsDocker.socket (out.systemd.sockets.docker or { }) ];
+  dockerService = mergeDefs "systemd.services.docker" [ nixpkgsDocker.service (out.systemd.services.docker or { }) ];
 
   toOption = x: if x == true then "true" else if x == false then "false" else toString x;
   section = as: concatStringsSep "" (builtins.concatLists (attrValues (mapAttrs (k: v:
@@ -159,18 +216,26 @@ let
   socket = out.systemd.sockets.prune-guard or null;
   reclaim = out.systemd.services.prune-guard-reclaim or null;
   reclaimTimer = out.systemd.timers.prune-guard-reclaim or null;
+  proxy = out.systemd.services.prune-guard-proxy or null;
 in {
   authorizationPlugins = out.virtualisation.docker.daemon.settings."authorization-plugins" or null;
+  # dockerd's daemon.json as nixpkgs writes it, this module's definitions
+  # merged with nixpkgs' docker module's.
+  inherit daemonSettings dockerSocket;
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) (out.assertions or [ ]));
   warnings = out.warnings or [ ];
   tmpfilesRules = out.systemd.tmpfiles.rules or [ ];
-  inherit socket service reclaim reclaimTimer;
+  inherit socket service reclaim reclaimTimer proxy;
   docker = out.systemd.services.docker or null;
   unitTexts = {
     "prune-guard.socket" = text "Socket" "socketConfig" socket;
     "prune-guard.service" = text "Service" "serviceConfig" service;
     "prune-guard-reclaim.service" = text "Service" "serviceConfig" reclaim;
     "prune-guard-reclaim.timer" = text "Timer" "timerConfig" reclaimTimer;
+    "prune-guard-proxy.service" = text "Service" "serviceConfig" proxy;
+    # nixpkgs' units with this module's definitions merged in.
+    "docker.socket" = text "Socket" "socketConfig" dockerSocket;
+    "docker.service" = text "Service" "serviceConfig" dockerService;
   };
   # Whether reclaim.minAge's type accepts each of these strings.
   durationsAccepted = map eval.options.services.prune-guard.reclaim.minAge.type.check (builtins.fromJSON durations);
@@ -192,6 +257,9 @@ type nixUnit struct {
 
 type nixModuleOut struct {
 	AuthorizationPlugins []string           `json:"authorizationPlugins"`
+	DaemonSettings       map[string]any     `json:"daemonSettings"`
+	DockerSocket         *nixUnit           `json:"dockerSocket"`
+	Proxy                *nixUnit           `json:"proxy"`
 	FailedAssertions     []string           `json:"failedAssertions"`
 	Warnings             []string           `json:"warnings"`
 	TmpfilesRules        []string           `json:"tmpfilesRules"`
@@ -803,5 +871,157 @@ func TestNixOSModuleAutoPruneAllVolumesIsRefusedAndAutoPruneWarned(t *testing.T)
 				t.Errorf("warnings %q; want a warning that autoPrune fails during jobs and names reclaim: %v", out.Warnings, tc.warning)
 			}
 		})
+	}
+}
+
+// proxyArgv checks the proxy unit's argument vector and returns it:
+// [EXE proxy --listen SOCKET --docker-host unix:///run/docker/engine.sock
+// --policy STORE-FILE --audit-log PATH].
+func proxyArgv(t *testing.T, out nixModuleOut, exe, listen string) []string {
+	t.Helper()
+	argv := execArgv(t, out.Proxy)
+	want := []string{exe, "proxy", "--listen", listen, "--docker-host", "unix:///run/docker/engine.sock", "--policy"}
+	if len(argv) != 10 || !slices.Equal(argv[:7], want) || argv[8] != "--audit-log" {
+		t.Fatalf("proxy argv = %q; want %q, then STORE-FILE --audit-log PATH", argv, want)
+	}
+	return argv
+}
+
+// mode = "proxy": dockerd listens on its own root-only socket, with no
+// authorization plugin, docker.socket hands the clients' socket to the
+// proxy, which starts after dockerd, and nothing of authz mode remains.
+// nixpkgs' docker module's own hosts = [ "fd://" ] and group = "docker"
+// would otherwise merge in (the evaluator merges them as the module
+// system does).
+func TestNixOSModuleProxyModeMovesDockerdAndHandsItsSocketToTheProxy(t *testing.T) {
+	authz := evalNixModule(t, map[string]any{"prune-guard": enabled(nil)})
+	if got := authz.DaemonSettings; !slices.Equal(anyStrings(got["hosts"]), []string{"fd://"}) || got["group"] != "docker" {
+		t.Errorf("default mode: daemon.json %v; want nixpkgs' hosts [fd://] and group docker untouched", got)
+	}
+	if authz.Proxy != nil || authz.DockerSocket.SocketConfig["Service"] != nil {
+		t.Errorf("default mode has proxy units: %s", authz.raw)
+	}
+
+	out := evalNixModule(t, map[string]any{"prune-guard": enabled(map[string]any{"mode": "proxy"})})
+	if len(out.FailedAssertions) > 0 || len(out.Warnings) > 0 {
+		t.Errorf("failed assertions %q, warnings %q; want none", out.FailedAssertions, out.Warnings)
+	}
+	ds := out.DaemonSettings
+	if !slices.Equal(anyStrings(ds["hosts"]), []string{"unix:///run/docker/engine.sock"}) || ds["group"] != "root" {
+		t.Errorf("daemon.json hosts %v, group %v; want [unix:///run/docker/engine.sock] and root, over nixpkgs' [fd://] and docker", ds["hosts"], ds["group"])
+	}
+	if _, ok := ds["authorization-plugins"]; ok || out.AuthorizationPlugins != nil {
+		t.Errorf("daemon.json %v names an authorization plugin; proxy mode runs dockerd without one", ds)
+	}
+	if out.Socket != nil || out.Service != nil || out.Docker != nil {
+		t.Errorf("proxy mode still renders the plugin's socket, service or docker.service additions: %s", out.raw)
+	}
+
+	sock := out.DockerSocket
+	if sock == nil {
+		t.Fatalf("no docker.socket: %s", out.raw)
+	}
+	for k, want := range map[string]any{"Service": "prune-guard-proxy.service", "SocketMode": "0660", "SocketGroup": "docker", "SocketUser": "root"} {
+		if sock.SocketConfig[k] != want {
+			t.Errorf("docker.socket %s = %v; want %v", k, sock.SocketConfig[k], want)
+		}
+	}
+	if got := anyStrings(sock.SocketConfig["ListenStream"]); !slices.Equal(got, []string{"/run/docker.sock"}) {
+		t.Errorf("docker.socket ListenStream = %q; want nixpkgs' [/run/docker.sock]", got)
+	}
+
+	p := out.Proxy
+	if p == nil {
+		t.Fatalf("no prune-guard-proxy.service: %s", out.raw)
+	}
+	for _, u := range []string{"docker.socket", "docker.service"} {
+		if !slices.Contains(p.Requires, u) || !slices.Contains(p.After, u) {
+			t.Errorf("prune-guard-proxy.service requires %q after %q; want %s in both", p.Requires, p.After, u)
+		}
+	}
+	if len(p.WantedBy) != 0 {
+		t.Errorf("prune-guard-proxy.service is wanted by %q; want it started by docker.socket alone", p.WantedBy)
+	}
+	for k, want := range map[string]any{"Type": "exec", "Restart": "on-failure", "ProtectSystem": "strict", "CapabilityBoundingSet": "CAP_SYS_PTRACE",
+		"LogsDirectory": "prune-guard", "RuntimeDirectory": "prune-guard"} {
+		if p.ServiceConfig[k] != want {
+			t.Errorf("prune-guard-proxy serviceConfig.%s = %v; want %v", k, p.ServiceConfig[k], want)
+		}
+	}
+	argv := proxyArgv(t, out, fakeExe, "/run/docker.sock")
+	if argv[9] != "/var/log/prune-guard/audit.jsonl" {
+		t.Errorf("--audit-log %s; want /var/log/prune-guard/audit.jsonl", argv[9])
+	}
+	_, text, _ := strings.Cut(argv[7], "#")
+	if _, err := policy.Parse("module policy", []byte(text)); err != nil {
+		t.Errorf("prune-guard rejects the proxy's policy %s: %v", text, err)
+	}
+
+	// reclaim goes through the proxy like any client, with the same
+	// policy file and audit log.
+	out = evalNixModule(t, map[string]any{"prune-guard": enabled(map[string]any{
+		"mode": "proxy", "auditLog": "/srv/ci audit/a.jsonl", "reclaim": map[string]any{"enable": true},
+	})})
+	argv = proxyArgv(t, out, fakeExe, "/run/docker.sock")
+	if argv[9] != "/srv/ci audit/a.jsonl" {
+		t.Errorf("--audit-log %q; want the auditLog option", argv[9])
+	}
+	if rw := readWritePaths(t, out.Proxy); !slices.Equal(rw, []string{"/srv/ci audit"}) || !slices.Contains(out.Proxy.After, "systemd-tmpfiles-resetup.service") {
+		t.Errorf("proxy ReadWritePaths %q, after %q; want the audit directory, after systemd-tmpfiles-resetup.service", rw, out.Proxy.After)
+	}
+	if r := execArgv(t, out.Reclaim); len(r) < 6 || r[3] != argv[7] || r[5] != argv[9] {
+		t.Errorf("reclaim argv %q; want the proxy's policy %s and audit log %s", r, argv[7], argv[9])
+	}
+}
+
+// anyStrings converts a decoded JSON list of strings.
+func anyStrings(v any) []string {
+	l, _ := v.([]any)
+	out := make([]string, 0, len(l))
+	for _, x := range l {
+		s, _ := x.(string)
+		out = append(out, s)
+	}
+	return out
+}
+
+// Proxy mode owns dockerd's hosts and group and takes the one socket
+// docker.socket listens on: settings that contradict that are refused
+// at evaluation, with a message that says what to change.
+func TestNixOSModuleProxyModeRefusesWhatWouldBreakIt(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		docker map[string]any
+		want   string // in the one failed assertion; "" for none
+		listen string // the proxy's --listen when none fails
+	}{
+		{"-H in extraOptions", map[string]any{"extraOptions": "--debug -H tcp://0.0.0.0:2375"}, "extraOptions", ""},
+		{"-H attached", map[string]any{"extraOptions": "-Hfd://"}, "extraOptions", ""},
+		{"--host=", map[string]any{"extraOptions": "--host=unix:///run/other.sock"}, "extraOptions", ""},
+		{"--group", map[string]any{"extraOptions": "--group docker"}, "extraOptions", ""},
+		{"-G attached", map[string]any{"extraOptions": "  -Gdocker\t--debug"}, "extraOptions", ""},
+		{"--host-gateway-ip is another flag", map[string]any{"extraOptions": "--host-gateway-ip 192.0.2.1"}, "", "/run/docker.sock"},
+		{"another authorization plugin", map[string]any{"extraOptions": "--authorization-plugin=other"}, "", "/run/docker.sock"},
+		{"a TCP address beside the socket", map[string]any{"listenOptions": []string{"/run/docker.sock", "0.0.0.0:2375"}}, "listenOptions", ""},
+		{"a TCP address alone", map[string]any{"listenOptions": []string{"0.0.0.0:2375"}}, "listenOptions", ""},
+		{"another socket path", map[string]any{"listenOptions": []string{"/run/ci/docker.sock"}}, "", "/run/ci/docker.sock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := evalNixModule(t, map[string]any{"prune-guard": enabled(map[string]any{"mode": "proxy"}), "docker": tc.docker})
+			switch {
+			case tc.want == "" && len(out.FailedAssertions) > 0:
+				t.Errorf("failed assertions %q; want none", out.FailedAssertions)
+			case tc.want != "" && (len(out.FailedAssertions) != 1 || !strings.Contains(out.FailedAssertions[0], tc.want)):
+				t.Errorf("failed assertions %q; want one that names %q", out.FailedAssertions, tc.want)
+			}
+			if tc.listen != "" {
+				proxyArgv(t, out, fakeExe, tc.listen)
+			}
+		})
+	}
+
+	_, err := evalNixModuleWith(t, map[string]any{"prune-guard": enabled(map[string]any{"mode": "plugin"})}, nil)
+	if want := "A definition for option `services.prune-guard.mode' is not of type `one of \"authz\", \"proxy\"'"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("mode = \"plugin\": %v; want %q", err, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -35,7 +36,8 @@ func TestNixOSModuleUnitsStartUnderSystemdWithTheAuditFolderMissing(t *testing.T
 	dir := t.TempDir()
 	units := map[string]string{}
 	var names []string
-	for name, text := range out.UnitTexts {
+	for _, name := range []string{"prune-guard.socket", "prune-guard.service", "prune-guard-reclaim.service", "prune-guard-reclaim.timer"} {
+		text := out.UnitTexts[name]
 		if text == nil {
 			t.Fatalf("the module renders no %s: %s", name, out.raw)
 		}
@@ -176,4 +178,98 @@ func busExecStart(t *testing.T, sd *enginetest.Systemd, unit string) []string {
 		t.Fatalf("%s ExecStart argv: %v\n%s", unit, err, o)
 	}
 	return argv
+}
+
+// The units nix/module.nix renders in proxy mode, with nixpkgs' docker.socket
+// and docker.service as the evaluator merges them, loaded by a real systemd:
+// docker.socket listens from boot on /run/docker.sock and starts the proxy,
+// after dockerd's unit, with the configuration's arguments; the proxy
+// forwards to dockerd's own socket and refuses what the policy refuses.
+// dockerd runs outside (the test engine, linked to /run/docker/engine.sock);
+// inside, a drop-in stands in for it in nixpkgs' docker.service.
+func TestNixOSModuleProxyUnitsServeDockerClientsUnderSystemd(t *testing.T) {
+	t.Parallel()
+	bin := enginetest.BuildBinary(t)
+	e := enginetest.Prepare(t)
+	const auditLog = "/srv/pg audit/audit.jsonl"
+	out := evalNixModule(t, map[string]any{"prune-guard": map[string]any{
+		"enable": true, "package": "/usr/local", "mode": "proxy", "auditLog": auditLog,
+	}})
+	if len(out.FailedAssertions) > 0 {
+		t.Fatalf("failed assertions: %q", out.FailedAssertions)
+	}
+	argv := proxyArgv(t, out, "/usr/local/bin/prune-guard", "/run/docker.sock")
+	policyPath := argv[7]
+	_, policyText, _ := strings.Cut(policyPath, "#")
+
+	dir := t.TempDir()
+	units := map[string]string{}
+	for _, name := range []string{"prune-guard-proxy.service", "docker.socket", "docker.service"} {
+		text := out.UnitTexts[name]
+		if text == nil {
+			t.Fatalf("the module renders no %s: %s", name, out.raw)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(*text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		units[name] = p
+	}
+	sd := enginetest.BootSystemd(t, enginetest.SystemdOptions{
+		Units:  units,
+		Enable: []string{"docker.socket"},
+		Usr:    map[string]string{"local/bin/prune-guard": bin},
+		Files: map[string]string{
+			"/etc/tmpfiles.d/00-nixos.conf": strings.Join(append(out.TmpfilesRules,
+				// dockerd's own socket is the test engine's, bound below.
+				"L /run/docker/engine.sock - - - - /run/pg-engine/d.sock"), "\n") + "\n",
+			policyPath: policyText,
+			// Stand-in for dockerd: the engine runs outside.
+			"/etc/systemd/system/docker.service.d/zz-pg-stand-in.conf": "[Service]\nType=exec\nExecStart=/bin/sleep infinity\n",
+		},
+		Binds: map[string]string{"/run/pg-engine": e.Dir()},
+	})
+
+	t.Run("systemd-analyze verify accepts the proxy and docker.socket", func(t *testing.T) {
+		o, err := sd.Exec(t, "systemd-analyze", "verify", "/etc/systemd/system/prune-guard-proxy.service", "/etc/systemd/system/docker.socket")
+		if err != nil || strings.TrimSpace(o) != "" {
+			t.Errorf("systemd-analyze verify: %v\n%s", err, o)
+		}
+	})
+	t.Run("docker.socket listens from boot and triggers the proxy", func(t *testing.T) {
+		if got := sd.Show(t, "docker.socket", "ActiveState"); got != "active" {
+			t.Errorf("docker.socket is %s after boot; want active", got)
+		}
+		if got := sd.Show(t, "docker.socket", "Triggers"); got != "prune-guard-proxy.service" {
+			t.Errorf("docker.socket triggers %q; want prune-guard-proxy.service", got)
+		}
+		if got := sd.Show(t, "prune-guard-proxy.service", "ActiveState"); got != "inactive" {
+			t.Errorf("prune-guard-proxy.service is %s before any client; want inactive", got)
+		}
+	})
+
+	e.Run(t, enginetest.Options{})
+	t.Run("a client starts dockerd's unit, then the proxy with the configuration's arguments", func(t *testing.T) {
+		o, err := sd.Exec(t, "docker", "version", "--format", "{{.Server.Version}}")
+		if err != nil || strings.TrimSpace(o) != e.Identity().Version {
+			t.Fatalf("docker version through the proxy: %v\n%s\nwant server %s", err, o, e.Identity().Version)
+		}
+		engine, _ := strconv.ParseUint(sd.Show(t, "docker.service", "ActiveEnterTimestampMonotonic"), 10, 64)
+		proxy, _ := strconv.ParseUint(sd.Show(t, "prune-guard-proxy.service", "ExecMainStartTimestampMonotonic"), 10, 64)
+		if engine == 0 || proxy < engine {
+			t.Errorf("the proxy started at %d µs, dockerd's unit was up at %d µs; want the engine first", proxy, engine)
+		}
+		pid := sd.Show(t, "prune-guard-proxy.service", "MainPID")
+		cmdline := sd.MustExec(t, "cat", "/proc/"+pid+"/cmdline")
+		if got := strings.Split(strings.TrimSuffix(cmdline, "\x00"), "\x00"); !slices.Equal(got, argv) {
+			t.Errorf("argv = %q; want %q", got, argv)
+		}
+	})
+	t.Run("docker image prune -af is refused and audited where auditLog says", func(t *testing.T) {
+		o, err := sd.Exec(t, "docker", "image", "prune", "--all", "--force")
+		if err == nil || !strings.Contains(o, "authorization denied by plugin prune-guard: prune-guard: image prune --all is blocked (rule no-prune-all)") {
+			t.Errorf("docker image prune -af: %v; want a denial by the proxy\n%s", err, o)
+		}
+		waitAuditLine(t, sd.Path(auditLog), map[string]string{"decision": "deny", "rule": "no-prune-all"})
+	})
 }

@@ -9,5 +9,7 @@
 // It knows no transport. It must never allow a destructive request it could
 // not classify or decide, never let a panic escape a decision, and never add
 // work to requests that destroy nothing: those are answered before any
-// engine query, lock or audit write.
+// engine query, lock or audit write. Pulls alone are counted (cache
+// accounting): one image inspect before the pull, a pull record, never a
+// refusal.
 package guard

@@ -51,6 +51,11 @@ type Request struct {
 	// GRPC is set for a gRPC call, which only a proxy sees; Method and
 	// URI are then POST and the call's path (rules.Request.GRPC).
 	GRPC *rules.GRPCCall
+	// RelaysResponse is set by a transport that relays the engine's
+	// response (a proxy) and passes it to the Verdict's Pull; a pull's
+	// record then waits for the pull's end and counts its layers and
+	// bytes.
+	RelaysResponse bool
 }
 
 // Verdict is a decision as a transport answers it.
@@ -59,6 +64,11 @@ type Verdict struct {
 	// Message says why a request was refused and what to do instead; it
 	// is "" when Allow is set.
 	Message string
+	// Pull is set for a pull whose response the transport relays
+	// (Request.RelaysResponse): the transport must tell it the response
+	// (Response, Body) and call its Done exactly once, when the exchange
+	// ends however it ends.
+	Pull *Pull
 }
 
 // allowed is the verdict of every request that passes.
@@ -157,6 +167,9 @@ func (g *Guard) Decide(ctx context.Context, req Request) (v Verdict) {
 				URI: req.URI, User: req.User, Reason: "not destructive", Policy: cfg.ShortHash()})
 		}
 		return allowed
+	}
+	if c.Op == rules.OpImagePull {
+		return g.pull(ctx, req, c, start)
 	}
 
 	d := rules.Evaluate(c, cfg.Policy, &facts{ctx: ctx, g: g, cfg: cfg})

@@ -38,6 +38,12 @@ var (
 		"1 when the engine said which CI jobs are active at this scrape, 0 when it could not (prune-guard then refuses prunes and image deletes).", nil, nil)
 	descActiveJobs = prometheus.NewDesc("prune_guard_active_jobs",
 		"CI jobs active at this scrape, by the detector that counts them (every enabled detector, 0 included); absent while the run state is unknown.", []string{"detector"}, nil)
+	descPulls = prometheus.NewDesc("prune_guard_image_pulls_total",
+		"Image pulls, by registry and result: hit (the image was local before the pull), miss, unknown.", []string{"registry", "result"}, nil)
+	descPullLayers = prometheus.NewDesc("prune_guard_pull_layers_total",
+		"Layers of the pulls the proxy relayed, by result: reused (already local) or downloaded.", []string{"result"}, nil)
+	descPullBytes = prometheus.NewDesc("prune_guard_pull_bytes_total",
+		"Bytes the pulls the proxy relayed downloaded, as their progress reported them.", nil, nil)
 	descGraceJobs = prometheus.NewDesc("prune_guard_jobs_in_grace",
 		"CI jobs that ended within the teardown grace at this scrape (image deletes stay refused); absent while the run state is unknown.", nil, nil)
 )
@@ -51,7 +57,7 @@ type statusCollector struct {
 
 func (statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDecisions, descReads, descLatency, descEngineErrors, descReloads, descRejections,
-		descAuditFailures, descStart, descPolicy, descRunStateKnown, descActiveJobs, descGraceJobs} {
+		descAuditFailures, descStart, descPolicy, descRunStateKnown, descActiveJobs, descGraceJobs, descPulls, descPullLayers, descPullBytes} {
 		ch <- d
 	}
 }
@@ -77,7 +83,25 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	if s.Policy.Hash != "" {
 		ch <- prometheus.MustNewConstMetric(descPolicy, prometheus.GaugeValue, 1, s.Policy.Hash)
 	}
+	collectPulls(ch, s)
 	collectRuns(ch, s)
+}
+
+// collectPulls writes the pull counters. Layers and bytes are written in
+// proxy mode only, the one mode that sees a pull's progress: zeros in authz
+// mode would read as "nothing downloaded".
+func collectPulls(ch chan<- prometheus.Metric, s Status) {
+	for reg, results := range s.Stats.Pulls {
+		for res, n := range results {
+			ch <- prometheus.MustNewConstMetric(descPulls, prometheus.CounterValue, float64(n), reg, res)
+		}
+	}
+	if s.Transport.Mode != ModeProxy {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descPullLayers, prometheus.CounterValue, float64(s.Stats.PullLayersDownloaded), "downloaded")
+	ch <- prometheus.MustNewConstMetric(descPullLayers, prometheus.CounterValue, float64(s.Stats.PullLayersReused), "reused")
+	ch <- prometheus.MustNewConstMetric(descPullBytes, prometheus.CounterValue, float64(s.Stats.PullBytes))
 }
 
 // latencyHistogram is the decision latency as a histogram: cumulative

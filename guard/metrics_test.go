@@ -19,10 +19,22 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 // The metrics' names, help, types and labels are an interface that
 // dashboards and alerts depend on: any change to them shows here.
 func TestMetricsMatchTheGoldenFile(t *testing.T) {
-	checkGolden(t, "metrics.golden", fixedStatus())
+	authz := fixedStatus()
+	proxy := fixedStatus()
+	proxy.Transport.Mode = ModeProxy
+	proxy.Stats.PullLayersReused, proxy.Stats.PullLayersDownloaded, proxy.Stats.PullBytes = 27, 8, 123456789
+	for _, tt := range []struct {
+		golden string
+		s      Status
+	}{
+		{"metrics.golden", authz},
+		{"metrics-proxy.golden", proxy},
+	} {
+		t.Run(tt.golden, func(t *testing.T) { checkGolden(t, tt.golden, tt.s) })
+	}
 }
 
-// fixedStatus is a Status with every series the guard writes.
+// fixedStatus is a Status with every series the guard writes in authz mode.
 func fixedStatus() Status {
 	return Status{
 		Transport: Transport{Mode: ModeAuthz},
@@ -50,6 +62,10 @@ func fixedStatus() Status {
 			LatencyCounts: []int64{4, 5, 1, 0, 0, 0, 0, 0, 0},
 			LatencySum:    3 * time.Millisecond,
 			LatencyN:      10,
+			Pulls: map[string]map[string]int64{
+				"docker.io":             {"hit": 9, "miss": 3},
+				"registry.example:5000": {"miss": 1, "unknown": 2},
+			},
 		},
 		AuditWriteFailures: 0,
 	}

@@ -7,10 +7,11 @@ import (
 	"time"
 
 	"github.com/prune-guard/prune-guard/audit"
+	"github.com/prune-guard/prune-guard/pullprogress"
 )
 
 // Stats counts decisions since start. Reads, the bulk of all traffic, cost
-// one atomic add; destructive decisions take a short lock.
+// one atomic add; destructive decisions and pulls take a short lock.
 type Stats struct {
 	started      time.Time
 	reads        atomic.Int64
@@ -26,7 +27,21 @@ type Stats struct {
 	latency [numLatencyBuckets + 1]int64
 	latSum  time.Duration
 	latN    int64
+
+	// pulls counts pulls by registry and result, holding at most
+	// maxRegistries registries (a client names any registry it likes);
+	// later ones are counted as OtherRegistry.
+	pulls                          map[string]map[audit.PullResult]int64
+	layersReused, layersDownloaded atomic.Int64
+	pullBytes                      atomic.Int64
 }
+
+const (
+	// maxRegistries bounds the registries metrics hold apart.
+	maxRegistries = 100
+	// OtherRegistry counts the pulls of registries past maxRegistries.
+	OtherRegistry = "(other)"
+)
 
 const numLatencyBuckets = 8
 
@@ -48,6 +63,34 @@ func (s *Stats) PolicyLoaded() { s.reloads.Add(1) }
 
 // PolicyRejected counts a policy file that did not load.
 func (s *Stats) PolicyRejected() { s.rejections.Add(1) }
+
+// pull counts a pull.
+func (s *Stats) pull(registry string, result audit.PullResult) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pulls == nil {
+		s.pulls = map[string]map[audit.PullResult]int64{}
+	}
+	m := s.pulls[registry]
+	if m == nil {
+		if len(s.pulls) >= maxRegistries {
+			registry = OtherRegistry
+			m = s.pulls[registry]
+		}
+		if m == nil {
+			m = map[audit.PullResult]int64{}
+			s.pulls[registry] = m
+		}
+	}
+	m[result]++
+}
+
+// pullProgress counts what a relayed pull's progress stream reported.
+func (s *Stats) pullProgress(r pullprogress.Result) {
+	s.layersReused.Add(r.LayersReused)
+	s.layersDownloaded.Add(r.LayersDownloaded)
+	s.pullBytes.Add(r.BytesDownloaded)
+}
 
 func (s *Stats) count(decision audit.Outcome, rule string, took time.Duration) {
 	if rule == "" {
@@ -78,6 +121,13 @@ type Snapshot struct {
 	LatencyCounts []int64                     `json:"latency_counts"`
 	LatencySum    time.Duration               `json:"latency_sum_ns"`
 	LatencyN      int64                       `json:"latency_n"`
+	// Pulls counts image pulls: registry -> result (hit, miss,
+	// unknown) -> count.
+	Pulls map[string]map[string]int64 `json:"pulls"`
+	// The layers and bytes of the pulls a proxy relayed.
+	PullLayersReused     int64 `json:"pull_layers_reused"`
+	PullLayersDownloaded int64 `json:"pull_layers_downloaded"`
+	PullBytes            int64 `json:"pull_bytes"`
 }
 
 // Snapshot copies the counters.
@@ -92,10 +142,20 @@ func (s *Stats) Snapshot() Snapshot {
 		}
 		d[r] = c
 	}
+	pulls := make(map[string]map[string]int64, len(s.pulls))
+	for reg, m := range s.pulls {
+		c := make(map[string]int64, len(m))
+		for k, v := range m {
+			c[string(k)] = v
+		}
+		pulls[reg] = c
+	}
 	return Snapshot{
 		Started: s.started, Reads: s.reads.Load(), EngineErrors: s.engineErrors.Load(),
 		Reloads: s.reloads.Load(), Rejections: s.rejections.Load(), Decisions: d,
 		LatencyCounts: append([]int64(nil), s.latency[:]...), LatencySum: s.latSum, LatencyN: s.latN,
+		Pulls: pulls, PullLayersReused: s.layersReused.Load(), PullLayersDownloaded: s.layersDownloaded.Load(),
+		PullBytes: s.pullBytes.Load(),
 	}
 }
 

@@ -4,10 +4,13 @@
 #   services.prune-guard.enable = true;
 #   services.prune-guard.package = ...;   # prune-guard is not in nixpkgs
 #
-# docs/install.md has a complete configuration. The module runs prune-guard
-# from a socket unit that listens before docker.service starts, adds it to
-# dockerd's "authorization-plugins" in daemon.json, and can run
-# "prune-guard reclaim" from a timer instead of an "autoPrune --all".
+# docs/install.md has a complete configuration. In the default mode,
+# "authz", the module runs prune-guard from a socket unit that listens
+# before docker.service starts and adds it to dockerd's
+# "authorization-plugins" in daemon.json. With mode = "proxy" it runs
+# "prune-guard proxy" on the socket docker clients use (docker.socket hands
+# it over) and moves dockerd to a root-only socket of its own. Either way it
+# can run "prune-guard reclaim" from a timer instead of an "autoPrune --all".
 { config, lib, pkgs, utils, ... }:
 
 let
@@ -17,6 +20,25 @@ let
   docker = config.virtualisation.docker;
 
   exe = "${cfg.package}/bin/prune-guard";
+
+  authz = cfg.mode == "authz";
+  proxy = cfg.mode == "proxy";
+
+  # Proxy mode: dockerd's own socket, which only root reaches (dockerd's
+  # "group" is root), and the socket clients use, which docker.socket
+  # holds and passes to the proxy.
+  engineSocket = "/run/docker/engine.sock";
+  listenOptions = docker.listenOptions or [ "/run/docker.sock" ];
+  clientSocket = builtins.head listenOptions;
+
+  # Words of virtualisation.docker.extraOptions that set what proxy mode
+  # sets in daemon.json ("hosts", "group"): dockerd will not start with a
+  # setting given both ways. -H and -G take their value attached or as the
+  # next word; --host and --group also after "=".
+  extraWords = builtins.filter (w: builtins.isString w && w != "") (builtins.split "[[:space:]]+" docker.extraOptions);
+  setsHostOrGroup = w:
+    builtins.match "(-H|-G|--host|--group)(=.*)?" w != null
+    || builtins.match "-[HG].+" w != null;
 
   # A duration that prune-guard's flags accept: what Go's
   # time.ParseDuration reads, but never negative ("1h", "90m", "1h30m",
@@ -96,6 +118,23 @@ in
 {
   options.services.prune-guard = {
     enable = mkEnableOption "prune-guard, a Docker authorization plugin that refuses prunes and image deletes that would evict the host's image cache";
+
+    mode = mkOption {
+      type = types.enum [ "authz" "proxy" ];
+      default = "authz";
+      example = "proxy";
+      description = ''
+        How prune-guard sits in front of dockerd (docs/install.md, "Choose a mode").
+        `authz`: as dockerd's authorization plugin; the socket clients use is dockerd's
+        own. `proxy`: `prune-guard proxy` serves the socket clients use
+        (`virtualisation.docker.listenOptions`, one path; docker.socket hands it over)
+        and forwards to dockerd, which then listens on /run/docker/engine.sock only,
+        with group root and no authorization plugin; the module sets dockerd's `hosts`
+        and `group` for it. Proxy mode also sees BuildKit's gRPC calls (`docker builder
+        prune` with buildx, native gRPC on Docker 29.2 and later), which no
+        authorization plugin sees.
+      '';
+    };
 
     package = mkOption {
       type = types.package;
@@ -198,8 +237,18 @@ in
         {
           # dockerd refuses to start with a setting given both in
           # daemon.json and on its command line.
-          assertion = !(lib.hasInfix "--authorization-plugin" docker.extraOptions);
+          assertion = !(authz && lib.hasInfix "--authorization-plugin" docker.extraOptions);
           message = "services.prune-guard sets virtualisation.docker.daemon.settings.\"authorization-plugins\"; remove --authorization-plugin from virtualisation.docker.extraOptions (dockerd will not start with both).";
+        }
+        {
+          assertion = !(proxy && lib.any setsHostOrGroup extraWords);
+          message = "services.prune-guard.mode = \"proxy\" sets virtualisation.docker.daemon.settings.hosts and .group; remove -H/--host and -G/--group from virtualisation.docker.extraOptions (dockerd will not start with a setting given both ways).";
+        }
+        {
+          # The proxy takes exactly one socket from docker.socket, and
+          # every address there reaches the proxy, not dockerd.
+          assertion = !proxy || (builtins.length listenOptions == 1 && lib.hasPrefix "/" clientSocket);
+          message = "services.prune-guard.mode = \"proxy\" serves the one socket docker.socket listens on: set virtualisation.docker.listenOptions to a single unix socket path (the default, [ \"/run/docker.sock\" ]). A TCP address there would reach the proxy, not dockerd; keep remote clients on mode = \"authz\".";
         }
         {
           # Only in nixpkgs that have the option (24.11 and later); on
@@ -218,7 +267,9 @@ in
       warnings = lib.optional docker.autoPrune.enable "virtualisation.docker.autoPrune runs `docker system prune -f`, which prune-guard refuses while a CI job is active (rule no-prune-during-run), so docker-prune.service fails whenever its timer fires during a job. services.prune-guard.reclaim frees disk space without that failure: it skips a pass while a job is active and removes images only under disk pressure.";
 
       systemd.tmpfiles.rules = auditDirRules;
+    }
 
+    (mkIf authz {
       # Merged with any other authorization plugins; never also
       # --authorization-plugin in extraOptions (see the assertion).
       virtualisation.docker.daemon.settings."authorization-plugins" = [ "prune-guard" ];
@@ -263,7 +314,49 @@ in
         wants = [ "prune-guard.socket" ];
         after = [ "prune-guard.socket" ];
       };
-    }
+    })
+
+    (mkIf proxy {
+      # nixpkgs' docker module sets hosts = [ "fd://" ] and group =
+      # "docker" (list definitions would be concatenated, so dockerd would
+      # still ask for docker.socket's descriptors, which now go to the
+      # proxy, and fail). dockerd listens on its own socket only, root's.
+      virtualisation.docker.daemon.settings = {
+        hosts = lib.mkForce [ "unix://${engineSocket}" ];
+        group = lib.mkForce "root";
+      };
+
+      # docker.service requires docker.socket (nixpkgs and the docker
+      # package both say so), so the socket stays and is handed to the
+      # proxy: same path, mode and group, another service.
+      systemd.sockets.docker.socketConfig.Service = "prune-guard-proxy.service";
+
+      systemd.services.prune-guard-proxy = {
+        description = "prune-guard proxy in front of the Docker Engine API";
+        documentation = [ "https://github.com/prune-guard/prune-guard/blob/main/docs/install.md" ];
+        # Started by the first connection to docker.socket, after dockerd,
+        # which it forwards to and asks about CI runs; and after the
+        # tmpfiles rules re-applied on switch, which create the audit
+        # log's directory.
+        requires = [ "docker.socket" "docker.service" ];
+        after = [ "docker.socket" "docker.service" "systemd-tmpfiles-resetup.service" ];
+        serviceConfig = sandbox // auditPaths // {
+          Type = "exec";
+          ExecStart = utils.escapeSystemdExecArgs [
+            exe "proxy" "--listen" clientSocket "--docker-host" "unix://${engineSocket}"
+            "--policy" policyFile "--audit-log" cfg.auditLog
+          ];
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          Restart = "on-failure";
+          RestartSec = "1s";
+          # In-flight calls are drained for up to 10 s on SIGTERM.
+          TimeoutStopSec = "15s";
+          # /run/prune-guard/control.sock: status and metrics, root only.
+          RuntimeDirectory = "prune-guard";
+          RuntimeDirectoryMode = "0750";
+        };
+      };
+    })
 
     (mkIf cfg.reclaim.enable {
       systemd.services.prune-guard-reclaim = {

@@ -76,8 +76,9 @@ func copyChunked(w io.Writer, br *bufio.Reader) error {
 // relayChunked relays a chunked response body from the engine as it comes,
 // each read passed on at once (events, logs -f, pull progress), keeping
 // track of the chunk framing to find the body's end. The engine is a Go
-// server; framing it does not write ends the connection.
-func relayChunked(w io.Writer, br *bufio.Reader) error {
+// server; framing it does not write ends the connection. When obs is set,
+// it is told each piece's chunk data once the client has the piece.
+func relayChunked(w io.Writer, br *bufio.Reader, obs Observer) error {
 	var sc chunkScanner
 	for {
 		if br.Buffered() == 0 {
@@ -86,6 +87,7 @@ func relayChunked(w io.Writer, br *bufio.Reader) error {
 			}
 		}
 		buf, _ := br.Peek(br.Buffered())
+		before := sc
 		n, err := sc.scan(buf)
 		if err != nil {
 			return fmt.Errorf("chunked response: %w", err)
@@ -102,6 +104,12 @@ func relayChunked(w io.Writer, br *bufio.Reader) error {
 		}
 		if _, err := w.Write(buf[:n]); err != nil {
 			return err
+		}
+		if obs != nil {
+			// The same framing scanned again from where this piece
+			// began, now handing the chunk data on: the piece is still
+			// in br's buffer until Discard.
+			_, _ = before.scanData(buf[:n], obs.Body)
 		}
 		_, _ = br.Discard(n)
 		if sc.state == chunkDone {
@@ -128,13 +136,20 @@ type chunkScanner struct {
 
 // scan advances over as much of buf as it can and reports how many bytes
 // it passed; 0 means a line is incomplete.
-func (sc *chunkScanner) scan(buf []byte) (int, error) {
+func (sc *chunkScanner) scan(buf []byte) (int, error) { return sc.scanData(buf, nil) }
+
+// scanData is scan, handing each run of chunk data it passes to data, when
+// set.
+func (sc *chunkScanner) scanData(buf []byte, data func([]byte)) (int, error) {
 	n := 0
 	for n < len(buf) && sc.state != chunkDone {
 		rest := buf[n:]
 		switch sc.state {
 		case chunkData:
 			k := int(min(int64(len(rest)), sc.left))
+			if data != nil && k > 0 {
+				data(rest[:k])
+			}
 			n += k
 			if sc.left -= int64(k); sc.left == 0 {
 				sc.state = chunkDataEnd

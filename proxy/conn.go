@@ -63,6 +63,7 @@ type conn struct {
 	er    engineReader
 	elong []byte
 	watch clientWatch // the exchange's
+	obs   Observer    // the exchange's observer, if its verdict has one
 
 	closeOnce sync.Once
 }
@@ -128,7 +129,28 @@ func (c *conn) exchange() (keep bool) {
 		c.answer(h.head, http.StatusForbidden, denialText(c.s.o.Name, v.Message), keep)
 		return keep
 	}
+	if v.Observe != nil {
+		return c.observe(&h, &req, v.Observe)
+	}
 	return c.forward(&h, &req)
+}
+
+// errRelayFailed is what an observer is told when relaying failed
+// unexpectedly (a panic, which costs the connection).
+var errRelayFailed = errors.New("the proxy failed while relaying the response")
+
+// observe forwards an allowed request whose verdict observes the
+// response, and tells the observer when the exchange ends, however it
+// ends.
+func (c *conn) observe(h *requestHead, req *Request, obs Observer) (keep bool) {
+	c.obs = obs
+	err := errRelayFailed
+	defer func() {
+		c.obs = nil
+		obs.Done(err)
+	}()
+	keep, err = c.forwardObserved(h, req)
+	return keep
 }
 
 // readRequestHead reads the next request head. Only a head that has not
@@ -189,10 +211,16 @@ func (c *conn) refuseHead(err error) {
 // reader's buffer, which they point into, fills with the body and the
 // client's next bytes.
 func (c *conn) forward(h *requestHead, req *Request) bool {
+	keep, _ := c.forwardObserved(h, req)
+	return keep
+}
+
+// forwardObserved is forward, also saying why the exchange ended early.
+func (c *conn) forwardObserved(h *requestHead, req *Request) (bool, error) {
 	if err := c.sendHead(h); err != nil {
 		keep := !h.close && h.body == noBody
 		c.answer(h.head, http.StatusBadGateway, fmt.Sprintf("prune-guard: the engine at %s does not answer: %v", c.s.o.Engine, err), keep)
-		return keep
+		return keep, fmt.Errorf("the engine does not answer: %w", err)
 	}
 	c.ebr = engineBufs.Get().(*bufio.Reader)
 	c.ebr.Reset(&c.er)
@@ -210,7 +238,7 @@ func (c *conn) forward(h *requestHead, req *Request) bool {
 	if err != nil {
 		c.s.o.Log.WithError(err).WithField("request", req.Method+" "+string(clip([]byte(req.URI)))).Debug("exchange ended early")
 	}
-	return keep && err == nil && !h.close
+	return keep && err == nil && !h.close, err
 }
 
 // sendHead writes the request head to the engine, dialing it first if
@@ -294,6 +322,9 @@ func (c *conn) relay(h *requestHead, w *clientWatch) (keep bool, err error) {
 
 // relayResponse relays one response head and what follows it.
 func (c *conn) relayResponse(h *requestHead, raw []byte, r *responseHead, w *clientWatch) (keep bool, err error) {
+	if c.obs != nil && (r.status >= 200 || r.status == http.StatusSwitchingProtocols) {
+		c.obs.Response(r.status)
+	}
 	switch {
 	case r.status == http.StatusSwitchingProtocols:
 		if _, err := c.c.Write(raw); err != nil {
@@ -445,7 +476,9 @@ func (c *conn) halfCloseEngine() {
 	c.e.Close()
 }
 
-// relayBody sends the response head and its body to the client.
+// relayBody sends the response head and its body to the client, and
+// tells the exchange's observer, if any, the body's content once the
+// client has it.
 func (c *conn) relayBody(head []byte, r *responseHead) error {
 	switch r.body {
 	case noBody:
@@ -457,24 +490,51 @@ func (c *conn) relayBody(head []byte, r *responseHead) error {
 			body, _ := c.ebr.Peek(int(r.length))
 			bufs := net.Buffers{head, body}
 			_, err := bufs.WriteTo(c.c)
+			if err == nil && c.obs != nil {
+				c.obs.Body(body)
+			}
 			_, _ = c.ebr.Discard(int(r.length))
 			return err
 		}
 		if _, err := c.c.Write(head); err != nil {
 			return err
 		}
-		return copySized(c.c, c.ebr, r.length)
+		return copySized(c.client(), c.ebr, r.length)
 	case chunked:
 		if _, err := c.c.Write(head); err != nil {
 			return err
 		}
-		return relayChunked(c.c, c.ebr)
+		return relayChunked(c.c, c.ebr, c.obs)
 	default: // untilEOF: dockerd's hijack without Upgrade (attach, exec)
 		if _, err := c.c.Write(head); err != nil {
 			return err
 		}
-		return c.pipe()
+		return c.pipe(c.client())
 	}
+}
+
+// client is where a response body goes: the client connection, through
+// the observer when the exchange has one.
+func (c *conn) client() io.Writer {
+	if c.obs == nil {
+		return c.c
+	}
+	return observed{c.c, c.obs}
+}
+
+// observed writes to the client, then tells the observer what the client
+// got.
+type observed struct {
+	w   io.Writer
+	obs Observer
+}
+
+func (o observed) Write(p []byte) (int, error) {
+	n, err := o.w.Write(p)
+	if n > 0 {
+		o.obs.Body(p[:n])
+	}
+	return n, err
 }
 
 // answer writes a response of the proxy's own with a JSON message, as

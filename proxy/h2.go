@@ -134,10 +134,20 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	if v.Observe != nil {
+		f.forwardObserved(w, r, grpc, v.Observe)
+		return
+	}
+	f.forward(w, r, grpc)
+}
+
+// forward sends an allowed stream to the engine and relays its response;
+// the error says why the engine did not answer.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, grpc bool) (upstream error) {
 	cc, err := f.clientConn()
 	if err != nil {
-		f.unavailable(w, grpc, err)
-		return
+		f.unavailable(unobserved(w), grpc, err)
+		return err
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -146,10 +156,76 @@ func (f *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Transport:     cc,
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
-			f.unavailable(w, grpc, err)
+			upstream = err
+			f.unavailable(unobserved(w), grpc, err)
 		},
 	}
 	rp.ServeHTTP(w, r)
+	return upstream
+}
+
+// forwardObserved is forward with obs told the response, and told when
+// the stream ends however it ends. ReverseProxy aborts a handler whose
+// response it could not copy with a panic (http.ErrAbortHandler), which
+// goes on after the observer heard of it.
+func (f *forwarder) forwardObserved(w http.ResponseWriter, r *http.Request, grpc bool, obs Observer) {
+	ow := &observedResponse{ResponseWriter: w, obs: obs}
+	err := errRelayFailed
+	defer func() {
+		if p := recover(); p != nil {
+			obs.Done(fmt.Errorf("the response was cut off: %v", p))
+			panic(p)
+		}
+		obs.Done(err)
+	}()
+	if err = f.forward(ow, r, grpc); err != nil {
+		err = fmt.Errorf("the engine does not answer: %w", err)
+	} else {
+		err = ow.err
+	}
+}
+
+// observedResponse tells an observer what a stream's response writes:
+// its status, then its body once written. ReverseProxy flushes through
+// Unwrap (http.ResponseController).
+type observedResponse struct {
+	http.ResponseWriter
+	obs    Observer
+	status int
+	err    error
+}
+
+func (o *observedResponse) WriteHeader(status int) {
+	o.ResponseWriter.WriteHeader(status)
+	if status >= 200 && o.status == 0 {
+		o.status = status
+		o.obs.Response(status)
+	}
+}
+
+func (o *observedResponse) Write(p []byte) (int, error) {
+	if o.status == 0 {
+		o.WriteHeader(http.StatusOK)
+	}
+	n, err := o.ResponseWriter.Write(p)
+	if n > 0 {
+		o.obs.Body(p[:n])
+	}
+	if err != nil && o.err == nil {
+		o.err = err
+	}
+	return n, err
+}
+
+func (o *observedResponse) Unwrap() http.ResponseWriter { return o.ResponseWriter }
+
+// unobserved is where the proxy writes an answer of its own: not through
+// an observer, which is told of the engine's responses only.
+func unobserved(w http.ResponseWriter) http.ResponseWriter {
+	if o, ok := w.(*observedResponse); ok {
+		return o.ResponseWriter
+	}
+	return w
 }
 
 // request is the Decider's view of an HTTP/2 request. For a gRPC call

@@ -146,18 +146,27 @@ func httpChunked(s string) io.Reader {
 }
 
 // relayChunked finds the end of a chunked response, in whatever pieces it
-// arrives.
+// arrives, and hands an observer the chunk data alone.
 func TestChunkedResponsesEndWhereTheyEnd(t *testing.T) {
 	resp := "3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"
 	for split := 1; split < len(resp); split++ {
-		r := io.MultiReader(strings.NewReader(resp[:split]), strings.NewReader(resp[split:]+"NEXT"))
-		br := bufio.NewReaderSize(r, 16)
-		var out bytes.Buffer
-		if err := relayChunked(&out, br); err != nil {
-			t.Fatalf("split at %d: %v", split, err)
-		}
-		if out.String() != resp {
-			t.Fatalf("split at %d: relayed %q", split, out.String())
+		for _, obs := range []*recorder{nil, {}} {
+			r := io.MultiReader(strings.NewReader(resp[:split]), strings.NewReader(resp[split:]+"NEXT"))
+			br := bufio.NewReaderSize(r, 16)
+			var out bytes.Buffer
+			var o Observer
+			if obs != nil {
+				o = obs
+			}
+			if err := relayChunked(&out, br, o); err != nil {
+				t.Fatalf("split at %d: %v", split, err)
+			}
+			if out.String() != resp {
+				t.Fatalf("split at %d: relayed %q", split, out.String())
+			}
+			if obs != nil && obs.body.String() != "abc0123456789abcdef" {
+				t.Fatalf("split at %d: the observer got %q", split, obs.body.String())
+			}
 		}
 	}
 }

@@ -44,6 +44,30 @@ type Verdict struct {
 	// Message tells the client why its request was refused and what to do
 	// instead.
 	Message string
+	// Observe, when set on an allowed request, is told the engine's
+	// response as the proxy relays it.
+	Observe Observer
+}
+
+// Observer sees the engine's response to one allowed request while the
+// proxy relays it, without holding it up: each call comes after the bytes
+// it reports were written to the client, from the goroutine relaying the
+// response, one at a time. The proxy neither buffers nor delays the
+// client's stream for it, so an Observer must return at once, do bounded
+// work per byte, never panic and not keep the slices it is passed.
+type Observer interface {
+	// Response is told the final response's status code (not a 1xx
+	// interim one), before any of its body.
+	Response(status int)
+	// Body is told the response body's content, in order and in pieces
+	// of any size: the bytes the client received, without the chunked
+	// framing. The body of a connection switched to another protocol
+	// (101) is not reported.
+	Body(p []byte)
+	// Done is called exactly once, when the exchange ends: with nil once
+	// the response was relayed whole, otherwise with why it was not (the
+	// engine did not answer, or either side broke off).
+	Done(err error)
 }
 
 // Decider decides requests. It must be safe for concurrent use, must not

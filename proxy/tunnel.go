@@ -18,7 +18,7 @@ func (c *conn) switched(h *requestHead) error {
 	if h.grpcTunnel {
 		return c.serveTunnel()
 	}
-	return c.pipe()
+	return c.pipe(c.client())
 }
 
 // isGRPCTunnel reports whether a request target is BuildKit's control
@@ -52,26 +52,29 @@ type closeWriter interface{ CloseWrite() error }
 // pipe copies bytes both ways until both directions are done, passing a
 // half-close on as a half-close: stdin's end must reach the container
 // while its output still flows back (docker attach and exec), and the
-// engine cancels an attach whose connection closes entirely.
-func (c *conn) pipe() error {
+// engine cancels an attach whose connection closes entirely. What comes
+// back is written to back, the client connection or an observed writer
+// in front of it.
+func (c *conn) pipe(back io.Writer) error {
 	toEngine := make(chan error, 1)
-	go func() { toEngine <- halfCopy(c.e, c.br) }()
-	back := halfCopy(c.c, c.ebr)
-	if back != nil {
+	go func() { toEngine <- halfCopy(c.e, c.e, c.br) }()
+	backErr := halfCopy(back, c.c, c.ebr)
+	if backErr != nil {
 		// The client is gone: nothing more can reach it, so the engine
 		// may stop too.
 		c.closeEngineConn()
 	}
 	there := <-toEngine
-	return errors.Join(back, there)
+	return errors.Join(backErr, there)
 }
 
-// halfCopy copies src to dst and then half-closes dst.
-func halfCopy(dst net.Conn, src *bufio.Reader) error {
+// halfCopy copies src to dst (which writes to conn) and then half-closes
+// conn.
+func halfCopy(dst io.Writer, conn net.Conn, src *bufio.Reader) error {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	_, err := io.CopyBuffer(dst, src, *bp)
-	if cw, ok := dst.(closeWriter); ok {
+	if cw, ok := conn.(closeWriter); ok {
 		if cerr := cw.CloseWrite(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 			err = fmt.Errorf("half-close: %w", cerr)
 		}

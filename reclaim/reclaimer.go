@@ -706,6 +706,11 @@ func (r *Reclaimer) stepFields(o Outcome) map[string]any {
 		"estimate_bytes": s.Estimate,
 		"result":         o.Kind,
 	}
+	if !s.LastUse.IsZero() {
+		// "prune-guard audit cache" tells from it how long the image had
+		// been unused when it is pulled again.
+		f["last_used"] = s.LastUse.UTC().Format(time.RFC3339Nano)
+	}
 	if o.Err != nil {
 		f["error"] = o.Err.Error()
 	} else {

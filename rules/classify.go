@@ -141,6 +141,8 @@ func (c *Classifier) Classify(r Request) Classification {
 		cl.Op, cl.Target = OpPluginChange, form.values.Get("name")
 	case kindBuildKitStream:
 		cl.Op = OpBuildKitStream
+	case kindImageCreate:
+		classifyCreate(&cl, r, form)
 	default:
 		classifyPrune(&cl, kind, r, form)
 	}

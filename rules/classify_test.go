@@ -147,6 +147,49 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// POST /images/create is a pull (image-pull, with the reference dockerd
+// pulls) exactly when postImagesCreate pulls; an import, and a name the
+// daemon refuses, are no pull. Counted, never decided.
+func TestClassifyReadsAPullAsTheDaemonDoes(t *testing.T) {
+	noBody := map[string]string{"Content-Type": "text/plain", "Content-Length": "0"}
+	tests := []struct {
+		name    string
+		req     Request
+		want    Operation
+		target  string
+		doubted bool
+	}{
+		{name: "docker pull sends the full name and the tag", req: Request{Method: "POST", URI: "/v1.51/images/create?fromImage=docker.io%2Flibrary%2Falpine&tag=3.20", Headers: noBody}, want: OpImagePull, target: "docker.io/library/alpine:3.20"},
+		{name: "a familiar name is normalized", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine&tag=3.20"}, want: OpImagePull, target: "docker.io/library/alpine:3.20"},
+		{name: "a tag in fromImage without a tag parameter", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine:3.20"}, want: OpImagePull, target: "docker.io/library/alpine:3.20"},
+		{name: "the tag parameter replaces a tag in fromImage", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine:3.19&tag=3.20"}, want: OpImagePull, target: "docker.io/library/alpine:3.20"},
+		{name: "a digest in the tag parameter pins the reference", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine&tag=sha256:" + strings.Repeat("ab", 32)}, want: OpImagePull, target: "docker.io/library/alpine@sha256:" + strings.Repeat("ab", 32)},
+		{name: "a registry with a port", req: Request{Method: "POST", URI: "/images/create?fromImage=registry.example:5000%2Fteam%2Fapp&tag=v1"}, want: OpImagePull, target: "registry.example:5000/team/app:v1"},
+		{name: "index.docker.io is Docker Hub", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=index.docker.io%2Flibrary%2Falpine&tag=3"}, want: OpImagePull, target: "docker.io/library/alpine:3"},
+		{name: "no tag pulls every tag (docker pull -a)", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine"}, want: OpImagePull, target: "docker.io/library/alpine"},
+		{name: "pull -a's trailing colon is dropped", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine:"}, want: OpImagePull, target: "docker.io/library/alpine"},
+		{name: "the first fromImage wins", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine&fromImage=busybox&tag=1"}, want: OpImagePull, target: "docker.io/library/alpine:1"},
+		{name: "an encoded path routes to the pull", req: Request{Method: "POST", URI: "/v1.41/images/%63reate?fromImage=alpine&tag=1"}, want: OpImagePull, target: "docker.io/library/alpine:1"},
+		{name: "an upper-case name is refused by the daemon: no pull", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=Alpine&tag=1"}, want: OpOther},
+		{name: "scratch is reserved: no pull", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=scratch&tag=latest"}, want: OpOther},
+		{name: "an invalid tag is refused: no pull", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine&tag=a%20b"}, want: OpOther},
+		{name: "an import (fromSrc) is no pull", req: Request{Method: "POST", URI: "/v1.41/images/create?fromSrc=-&repo=x&tag=1", Headers: map[string]string{"Content-Type": "application/x-tar", "Content-Length": "512"}, Body: BodyProxied}, want: OpOther},
+		{name: "an empty first fromImage imports", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=&fromImage=alpine&tag=1"}, want: OpOther},
+		{name: "GET images/create is no route", req: Request{Method: "GET", URI: "/v1.41/images/create?fromImage=alpine"}, want: OpOther},
+		{name: "a form body may name another image: a pull of an unknown reference", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine&tag=1", Headers: map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "20"}, Body: BodyProxied}, want: OpImagePull, doubted: true},
+		{name: "a query that does not parse cleanly: a pull of an unknown reference", req: Request{Method: "POST", URI: "/v1.41/images/create?fromImage=alpine&x=%zz"}, want: OpImagePull, doubted: true},
+	}
+	c := NewClassifier()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := c.Classify(tt.req)
+			if got.Op != tt.want || got.Target != tt.target || (got.Doubt != "") != tt.doubted {
+				t.Errorf("Classify = %v %q (doubt %q), want %v %q doubted=%v", got.Op, got.Target, got.Doubt, tt.want, tt.target, tt.doubted)
+			}
+		})
+	}
+}
+
 func TestClassifyReadsAllocateNothing(t *testing.T) {
 	c := NewClassifier()
 	r := Request{Method: "GET", URI: "/v1.41/containers/json?all=1", Headers: map[string]string{"User-Agent": "x"}}
@@ -180,6 +223,9 @@ func TestVersionCompareFollowsMoby(t *testing.T) {
 
 func TestOperationNamesRoundTrip(t *testing.T) {
 	for op := OpImagePrune; op < numOperations; op++ {
+		if op == OpImagePull {
+			continue
+		}
 		s, err := ParseOperation(op.String())
 		if err != nil || !s.Has(op) {
 			t.Errorf("ParseOperation(%q) = %v, %v", op, s, err)
@@ -190,6 +236,9 @@ func TestOperationNamesRoundTrip(t *testing.T) {
 	}
 	if _, err := ParseOperation("unknown"); err == nil {
 		t.Error("a policy must not be able to name unknown: fail-closed always refuses it")
+	}
+	if _, err := ParseOperation("image-pull"); err == nil || !strings.Contains(err.Error(), "never decided") {
+		t.Errorf("a policy must not be able to name image-pull: pulls are counted, never refused; got %v", err)
 	}
 	if s, _ := ParseOperation("any-prune"); !s.Has(OpVolumePrune) || s.Has(OpImageDelete) {
 		t.Errorf("any-prune = %v", s)

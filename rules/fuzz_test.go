@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -24,6 +25,8 @@ func FuzzClassify(f *testing.F) {
 		{"POST", "/v1.51/networks/prune?filters=%7B%22label%22%3A%7B%2261626364656667%22%3Atrue%7D%7D", "", "", ""},
 		{"POST", "/v1.41/images/prune?filters=%7B%22dangling%22%3A%5B%22false%22%5D%2C%22label%22%3A%5B%22com.gitlab.gitlab-runner.managed%3Dtrue%22%5D%7D", "", "", ""},
 		{"POST", "/v1.45/containers/prune?filters=%7B%22label%22%3A%7B%22a!%3Db%22%3Atrue%7D%7D", "", "", ""},
+		{"POST", "/v1.51/images/create?fromImage=docker.io%2Flibrary%2Falpine&tag=3.20", "text/plain", "0", ""},
+		{"POST", "/images/create?fromImage=alpine:&tag=sha256:" + strings.Repeat("0", 64), "", "", ""},
 		{"", "", "", "", ""},
 	}
 	for _, s := range seeds {
@@ -57,13 +60,20 @@ func FuzzClassify(f *testing.F) {
 			case OpUnknown, OpImagePruneAll, OpBuildPruneAll, OpVolumePruneAll,
 				// No parameter makes these remove more; a doubt only
 				// drops their label scope.
-				OpContainerPrune, OpNetworkPrune:
+				OpContainerPrune, OpNetworkPrune,
+				// A pull removes nothing; its doubt is which image.
+				OpImagePull:
 			default:
 				t.Fatalf("doubted reading %v is not the most destructive one (%s)", got.Op, got.Doubt)
 			}
 		}
 		if got.Op == OpOther && got.Doubt != "" {
 			t.Fatalf("a doubt must never end in an allow-by-default operation")
+		}
+		if got.Op == OpImagePull && got.Doubt == "" {
+			if _, ok := PullReference(got.Target, ""); !ok || !strings.Contains(got.Target, "/") {
+				t.Fatalf("a pull names %q, which is not a fully qualified reference", got.Target)
+			}
 		}
 	})
 }

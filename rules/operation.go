@@ -54,6 +54,11 @@ const (
 	// (a service an engine extension adds, a method of a newer BuildKit),
 	// so it cannot tell what the call removes.
 	OpGRPCUnknown
+	// OpImagePull is POST /images/create with fromImage: the daemon pulls
+	// the reference Classification.Target names. It removes nothing; the
+	// guard counts it for cache accounting and never refuses it, and a
+	// policy cannot name it.
+	OpImagePull
 
 	numOperations
 )
@@ -95,6 +100,7 @@ var operations = [numOperations]opInfo{
 	OpBuildKitStream:  {name: "buildkit-stream", describe: "BuildKit session"},
 	OpBuildKitHistory: {name: "buildkit-history", describe: "BuildKit build history update"},
 	OpGRPCUnknown:     {name: "grpc-unknown", describe: "call to unknown gRPC method", destructive: true},
+	OpImagePull:       {name: "image-pull", describe: "image pull"},
 }
 
 func (op Operation) info() opInfo {
@@ -166,6 +172,9 @@ func ParseOperation(name string) (OpSet, error) {
 	if s, ok := opGroups[name]; ok {
 		return s, nil
 	}
+	if name == OpImagePull.String() {
+		return 0, fmt.Errorf("operation %s is counted (cache accounting), never decided: a policy cannot name it", name)
+	}
 	for op, info := range operations {
 		if info.name == name && policyNamed(Operation(op)) {
 			return Ops(Operation(op)), nil
@@ -175,8 +184,10 @@ func ParseOperation(name string) (OpSet, error) {
 }
 
 // policyNamed reports whether a policy may name op: "other" would match all
-// traffic, and "unknown" is always refused by the built-in fail-closed rule.
-func policyNamed(op Operation) bool { return op != OpOther && op != OpUnknown }
+// traffic, "unknown" is always refused by the built-in fail-closed rule, and
+// "image-pull" is counted, never decided (a pull removes nothing, and the
+// accounting must not be able to refuse one).
+func policyNamed(op Operation) bool { return op != OpOther && op != OpUnknown && op != OpImagePull }
 
 // OperationNames lists every name ParseOperation accepts, sorted.
 func OperationNames() []string {

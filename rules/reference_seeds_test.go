@@ -137,6 +137,22 @@ var referenceSeeds = []referenceSeed{
 	// Other prunes.
 	{name: "container-prune-encoded", method: "POST", target: "/v1.41/containers/%70rune", daemon: OpContainerPrune},
 	{name: "network-prune-absolute", method: "POST", target: "http://x/networks/prune", daemon: OpNetworkPrune},
+	// Pulls: counted exactly when the daemon pulls, naming what it pulls.
+	{name: "cli-pull", method: "POST", target: "/v1.41/images/create?fromImage=docker.io%2Flibrary%2Falpine&tag=3.20", headers: cliCT, daemon: OpImagePull},
+	{name: "pull-familiar-name", method: "POST", target: "/v1.41/images/create?fromImage=alpine&tag=3.20", daemon: OpImagePull},
+	{name: "pull-tag-in-fromImage", method: "POST", target: "/v1.41/images/create?fromImage=alpine:3.20", daemon: OpImagePull},
+	{name: "pull-all-tags-trailing-colon", method: "POST", target: "/images/create?fromImage=alpine:", daemon: OpImagePull},
+	{name: "pull-digest-in-tag", method: "POST", target: "/v1.41/images/create?fromImage=alpine&tag=sha256:" + strings.Repeat("ab", 32), daemon: OpImagePull},
+	{name: "pull-registry-port", method: "POST", target: "/v1.41/images/create?fromImage=registry.example:5000%2Fteam%2Fapp&tag=v1", daemon: OpImagePull},
+	{name: "pull-encoded-path", method: "POST", target: "/v1.41/images/%63reate?fromImage=alpine&tag=1", daemon: OpImagePull},
+	{name: "pull-first-fromImage-wins", method: "POST", target: "/v1.41/images/create?fromImage=alpine&fromImage=busybox&tag=1", daemon: OpImagePull},
+	{name: "pull-fromImage-in-form-body", method: "POST", target: "/v1.41/images/create?tag=1", headers: formCT, body: "fromImage=alpine", daemon: OpImagePull},
+	{name: "pull-upper-case-refused", method: "POST", target: "/v1.41/images/create?fromImage=Alpine&tag=1", daemon: OpOther},
+	{name: "pull-scratch-refused", method: "POST", target: "/v1.41/images/create?fromImage=scratch", daemon: OpOther},
+	{name: "pull-bad-tag-refused", method: "POST", target: "/v1.41/images/create?fromImage=alpine&tag=a%20b", daemon: OpOther},
+	{name: "pull-semicolon-refused", method: "POST", target: "/v1.41/images/create?fromImage=alpine&tag=1;x", daemon: OpOther},
+	{name: "import-from-stdin", method: "POST", target: "/v1.41/images/create?fromSrc=-&repo=pg-import&tag=1", headers: "Content-Type: application/x-tar", body: "not a tar", daemon: OpOther},
+	{name: "import-empty-first-fromImage", method: "POST", target: "/v1.41/images/create?fromImage=&fromImage=alpine&tag=1", daemon: OpOther},
 	// Label scopes (GitHub container hooks, GitLab clear-docker-cache).
 	{name: "hooks-network-prune-scoped", method: "POST", target: "/v1.41/networks/prune?filters=" + fj(`{"label":{"72756e6e65722d31":true}}`), daemon: OpNetworkPrune},
 	{name: "gitlab-image-prune-all-scoped", method: "POST", target: "/v1.41/images/prune?filters=" + fj(`{"dangling":{"false":true},"label":{"com.gitlab.gitlab-runner.managed=true":true}}`), headers: cliCT, daemon: OpImagePruneAll},

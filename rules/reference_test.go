@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,7 +23,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/gorilla/mux"
+	"github.com/opencontainers/go-digest"
 )
 
 // This file holds an independent reference of dockerd for the classifier to
@@ -137,7 +140,7 @@ var refRoutes = []refRoute{
 	{"GET", "/images/{name:.*}/history", "other"},
 	{"GET", "/images/{name:.*}/json", "other"},
 	{"POST", "/images/load", "other"},
-	{"POST", "/images/create", "other"},
+	{"POST", "/images/create", "image-create"},
 	{"POST", "/images/{name:.*}/push", "other"},
 	{"POST", "/images/{name:.*}/tag", "other"},
 	{"POST", "/images/prune", "image-prune"},
@@ -246,6 +249,10 @@ type refVerdict struct {
 	labelFilters [][]string
 	// why explains op, for failure messages.
 	why string
+	// versionRefused is set when only the version middleware, which runs
+	// after the authorization middleware, kept the handler from acting:
+	// the plugin is asked all the same and cannot know the daemon's range.
+	versionRefused bool
 }
 
 type collectorKey struct{}
@@ -410,6 +417,9 @@ func runHandler(kind string, r *http.Request) refVerdict {
 	form := r.Form
 	version := mux.Vars(r)["version"]
 
+	if kind == "image-create" {
+		return refCreate(v, version, form)
+	}
 	if kind == "image-delete" {
 		name := mux.Vars(r)["name"]
 		if strings.TrimSpace(name) == "" {
@@ -443,6 +453,48 @@ func runHandler(kind string, r *http.Request) refVerdict {
 		}
 	}
 	v.why = strings.Join(whys, "; ")
+	return v
+}
+
+// refCreate is postImagesCreate (moby api/server/router/image at v20.10.24,
+// v26.1.5, v28.5.2; daemon/server/router/image at v2.0.0-beta.24, the same
+// at every generation): r.Form.Get("fromImage") non-empty pulls, the
+// reference parsed with reference.ParseNormalizedNamed after dropping a
+// trailing ":", then tagged, or pinned when the tag parameter parses as a
+// digest; a reference that does not parse, or is "scratch", is refused.
+func refCreate(v refVerdict, version string, form url.Values) refVerdict {
+	img := form.Get("fromImage")
+	if img == "" {
+		v.why = "import (no fromImage)"
+		return v
+	}
+	named, err := reference.ParseNormalizedNamed(strings.TrimSuffix(img, ":"))
+	if err != nil {
+		v.why = "fromImage refused: " + err.Error()
+		return v
+	}
+	if tag := form.Get("tag"); tag != "" {
+		if d, derr := digest.Parse(tag); derr == nil {
+			named, err = reference.WithDigest(reference.TrimNamed(named), d)
+		} else {
+			named, err = reference.WithTag(named, tag)
+		}
+		if err != nil {
+			v.why = "tag refused: " + err.Error()
+			return v
+		}
+	}
+	if reference.FamiliarName(named) == "scratch" {
+		v.why = "'scratch' is a reserved name"
+		return v
+	}
+	for _, m := range daemonModels {
+		if m.serves(version) {
+			v.op, v.target, v.why = OpImagePull, named.String(), "daemon "+m.name+" pulls "+named.String()
+			return v
+		}
+	}
+	v.why, v.versionRefused = "no daemon serves API version "+version, true
 	return v
 }
 
@@ -820,6 +872,9 @@ var acceptable = map[Operation][]Operation{
 // violation says how the classification falls short of what the daemon
 // does, or "" when it does not.
 func violation(got Classification, want refVerdict) string {
+	if want.route == "image-create" {
+		return pullViolation(got, want)
+	}
 	if want.op == OpOther || got.Op == OpUnknown {
 		return ""
 	}
@@ -842,6 +897,26 @@ func violation(got Classification, want refVerdict) string {
 				return fmt.Sprintf("the classifier scopes the prune to %s, but the daemon removes objects by label filter %q, which does not demand it", sel, daemon)
 			}
 		}
+	}
+	return ""
+}
+
+// pullViolation holds the count of pulls to the daemon: a pull is counted
+// exactly when the daemon pulls, naming what it pulls, unless the
+// classifier says it cannot tell which image (a doubt), or only the
+// version middleware refused it.
+func pullViolation(got Classification, want refVerdict) string {
+	switch {
+	case got.Op == OpUnknown:
+		return ""
+	case want.op == OpImagePull && got.Op != OpImagePull:
+		return fmt.Sprintf("the daemon pulls %s but the classifier says %s", want.target, got.Op)
+	case want.op == OpImagePull && got.Doubt == "" && got.Target != want.target:
+		return fmt.Sprintf("the daemon pulls %q but the classifier counts %q", want.target, got.Target)
+	case want.op == OpOther && got.Op == OpImagePull && got.Doubt == "" && !want.versionRefused:
+		return fmt.Sprintf("the daemon pulls nothing (%s) but the classifier counts a pull of %q", want.why, got.Target)
+	case got.Op != OpImagePull && got.Op != OpOther:
+		return fmt.Sprintf("POST /images/create classified %s", got.Op)
 	}
 	return ""
 }

@@ -23,6 +23,7 @@ const (
 	kindPluginNamed // the plugin's name is the {name} path variable
 	kindPluginQuery // the plugin's name is the "name" query parameter
 	kindBuildKitStream
+	kindImageCreate // a pull (fromImage) or an import (fromSrc)
 )
 
 // ServeHTTP exists only so a routeKind can be stored as a mux route's handler
@@ -35,7 +36,8 @@ const versionMatcher = "/v{version:[0-9.]+}"
 
 // guardedRoutes are the daemon's own route templates for every handler that
 // can delete what prune-guard guards, copied from moby's api/server/router/*
-// (image, build, container, network, volume, plugin, session, grpc).
+// (image, build, container, network, volume, plugin, session, grpc), and the
+// one handler prune-guard counts: POST /images/create, the pull.
 //
 // Only guarded routes are registered. dockerd registers more routes, and
 // registration order decides which of two matching routes wins; none of the
@@ -61,6 +63,8 @@ var guardedRoutes = []struct {
 	{"POST", "/plugins/create", kindPluginQuery},
 	{"POST", "/session", kindBuildKitStream},
 	{"POST", "/grpc", kindBuildKitStream},
+	// Not guarded: counted. It classifies as a pull or as nothing.
+	{"POST", "/images/create", kindImageCreate},
 }
 
 // guardedFragments holds the literal prefix of every guarded template,

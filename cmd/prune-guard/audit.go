@@ -56,7 +56,12 @@ summary as one object, {"summary": {...}}, on the last line. The summary's keys
 are the recorded values ("" for no rule and for a local user).
 
 The log is owner-only (0600): read it as root, or give a group read access with
-"serve --audit-group". To read a file named "replay", write ./replay.`,
+"serve --audit-group". To read a file named "replay" or "cache", write ./replay
+or ./cache.
+
+Pull records (a line with a pull field: every image pull prune-guard saw) are
+not decisions; they are listed and counted as events ("image pull"). "prune-guard
+audit cache" reports on them.`,
 		Example: `  sudo prune-guard audit
   sudo prune-guard audit --since 24h --denied
   sudo prune-guard audit --since 2026-11-26T09:00:00Z --summary
@@ -96,7 +101,7 @@ The log is owner-only (0600): read it as root, or give a group read access with
 	f.BoolVar(&o.denied, "denied", false, "only deny and would-deny decisions (no allows, no events)")
 	f.BoolVar(&o.json, "json", false, `the matching lines unchanged as JSON lines, then the summary as {"summary": {...}} on the last line`)
 	f.BoolVar(&o.summary, "summary", false, "only the summary, not the matching lines")
-	cmd.AddCommand(newAuditReplayCmd())
+	cmd.AddCommand(newAuditReplayCmd(), newAuditCacheCmd())
 	return cmd
 }
 
@@ -190,6 +195,96 @@ report); 1 when NEW does not load or the log cannot be read.`,
 	f.StringVar(&o.since, "since", "", "only decisions from this long ago (24h, 90m) or from this time on (RFC 3339)")
 	f.BoolVar(&o.json, "json", false, `each change as a JSON object, then the counts as {"summary": {...}}`)
 	cmd.MarkFlagRequired("policy")
+	return cmd
+}
+
+type cacheOptions struct {
+	since    string
+	at       string
+	hubLimit int64
+	json     bool
+}
+
+func newAuditCacheCmd() *cobra.Command {
+	o := cacheOptions{}
+	cmd := &cobra.Command{
+		Use:   "cache [FILE]",
+		Short: "How well the image cache works: pulls and hits by registry, Docker Hub's rate limit, images evicted too early",
+		Long: `Read the pull records in the audit log (prune-guard records every image pull,
+POST /images/create with fromImage, in both modes) and reclaim's removals, and
+report:
+
+  - per registry (docker.io for Docker Hub, host[:port] otherwise): the pulls,
+    the hits (the image was local before the pull: only a manifest check went
+    to the registry), the misses, the unknown (the engine did not answer, or
+    the pull named every tag) and the hit ratio, hits among hits and misses;
+    in proxy mode also the layers reused and downloaded and the bytes
+    downloaded, from the pulls' progress;
+  - Docker Hub's pulls in the 6 hours to now (or --at) against --hub-limit.
+    Docker Hub documents, per 6 hours: 100 pulls for unauthenticated users
+    (per IPv4 address or IPv6 /64 subnet), 200 for a Docker Personal account,
+    no limit for Pro, Team and Business (docs.docker.com/docker-hub/usage/pulls/;
+    check it, it has changed before). It counts a pull by its manifest
+    requests, so a hit may count as one; prune-guard counts every pull the
+    engine was asked for;
+  - the images reclaim removed that were pulled again within 24 hours
+    ("evicted too early"), each with what would have kept it: a longer
+    --min-age, protecting its repository (--protect-image, or protect.images in
+    the policy file), or --keep-per-repo (reclaim's keep-N rule, where reclaim
+    has it). Reclaim's removals are in the log
+    reclaim writes (reclaim --audit-log); give the same file to both, or
+    concatenate the two logs on standard input.
+
+FILE is read as by "prune-guard audit" (default ` + defaultAuditFile + `, "-" for
+standard input, gzip read as it is). --since leaves out older pulls and
+removals; the Docker Hub window counts every line read.
+
+--json writes the report as one JSON object: "registries" (pulls, hit, miss,
+unknown, hit_ratio, failed, relayed, layers_reused, layers_downloaded,
+bytes_downloaded), "docker_hub" (window_start, window_end, pulls, limit) and
+"evicted_too_early" (reference, image, removed, pulled_again, last_used, why,
+change: min_age or raise_min_age_by, protect_image, keep_per_repo).`,
+		Example: `  sudo prune-guard audit cache
+  sudo prune-guard audit cache --since 168h
+  sudo prune-guard audit cache --hub-limit 200          # a Docker Personal account
+  sudo prune-guard audit cache --at 2026-11-26T14:00:00Z
+  sudo prune-guard audit cache --json | jq '.registries[] | {registry, hit_ratio}'`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			now := time.Now()
+			since, err := auditlog.ParseSince(o.since, now)
+			if err != nil {
+				return fmt.Errorf("--since %w", err)
+			}
+			at := now
+			if o.at != "" {
+				if at, err = time.Parse(time.RFC3339, o.at); err != nil {
+					return fmt.Errorf("--at %q: want an RFC 3339 time such as 2026-11-26T14:00:00Z", o.at)
+				}
+			}
+			if o.hubLimit < 0 {
+				return fmt.Errorf("--hub-limit %d: want a number of pulls", o.hubLimit)
+			}
+			in, name, err := openAuditLog(cmd, args)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			c, err := auditlog.CacheReport(in, cmd.OutOrStdout(), auditlog.CacheOptions{Since: since, At: at, HubLimit: o.hubLimit, JSON: o.json})
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			if o.json {
+				warnSkipped(cmd, name, c.Skipped, c.TooLong, c.FirstSkipped)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.since, "since", "", "only pulls and removals from this long ago (24h, 168h) or from this time on (RFC 3339)")
+	f.StringVar(&o.at, "at", "", "judge the Docker Hub window as of this time (RFC 3339) instead of now, e.g. when pulls were refused")
+	f.Int64Var(&o.hubLimit, "hub-limit", 100, "Docker Hub pulls allowed per 6 hours: 100 unauthenticated (per IP), 200 for a Personal account; paid plans have none")
+	f.BoolVar(&o.json, "json", false, "the report as one JSON object")
 	return cmd
 }
 

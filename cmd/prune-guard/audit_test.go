@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prune-guard/prune-guard/auditlog"
 	"github.com/prune-guard/prune-guard/policy"
 )
 
@@ -229,6 +230,8 @@ func TestAuditHelpTeachesTheFlagsWithExamples(t *testing.T) {
 			`{"summary": {...}}`, "(local)", "Examples:", "replay"}},
 		{[]string{"audit", "replay", "--help"}, []string{"cannot ask the engine", "keep-protected or", "protect-self",
 			"run labels of NEW are not evaluated", "Exit status: 0", "Examples:"}},
+		{[]string{"audit", "cache", "--help"}, []string{"100 pulls for unauthenticated users", "200 for a Docker Personal account",
+			"docs.docker.com/docker-hub/usage/pulls/", "--hub-limit", "--min-age", "--keep-per-repo", "protect.images", "evicted too early", "Examples:"}},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -282,5 +285,62 @@ func TestDocumentedAuditExamplesRun(t *testing.T) {
 				t.Errorf("docs/audit.md shows\n%s\nthe command prints\n%s", m[2], out)
 			}
 		})
+	}
+}
+
+func TestAuditCacheReadsTheLogAndRefusesBadFlags(t *testing.T) {
+	path := writeAuditFile(t, "audit.jsonl", sampleAuditLog+`{"level":"info","method":"POST","msg":"image pull","operation":"image-pull","pull":{"registry":"docker.io","result":"hit"},"reason":"hit","rule":"","runs":[],"target":"docker.io/library/alpine:3","time":"2026-11-26T09:30:00Z","uri":"/v1.51/images/create?fromImage=alpine\u0026tag=3","user":""}`+"\n")
+	out, _, err := runAudit(t, "", "audit", "cache", "--at", "2026-11-26T10:00:00Z", "--hub-limit", "1", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"cache: 1 pull in 5 lines", "1       1       0        0     100.0%  docker.io", "Docker Hub: 1 pull in the 6 hours to 2026-11-26T10:00:00Z, against a limit of 1 (100%): close to the limit"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	out, errOut, err := runAudit(t, sampleAuditLog, "audit", "cache", "--json", "-")
+	var j map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &j) != nil || !strings.Contains(errOut, "1 line was not a JSON audit record") {
+		t.Errorf("--json from standard input: %v\n%s\nstderr: %s", err, out, errOut)
+	}
+	for _, args := range [][]string{{"--at", "yesterday"}, {"--hub-limit", "-1"}, {"--since", "7d"}} {
+		if _, _, err := runAudit(t, "", append([]string{"audit", "cache"}, append(args, path)...)...); err == nil {
+			t.Errorf("audit cache %v succeeded", args)
+		}
+	}
+}
+
+// Every single-line example in docs/audit.md (```json) is an audit record the
+// reader takes: a decision, or a pull record with its pull fields.
+func TestDocumentedAuditRecordsParse(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/audit.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllSubmatch(doc, -1)
+	pulls := 0
+	for _, b := range blocks {
+		r := auditlog.NewReader(bytes.NewReader(b[1]))
+		for {
+			l, err := r.Next()
+			if err != nil {
+				break
+			}
+			if l.Pull != nil {
+				pulls++
+				if l.IsDecision || l.Pull.Registry == "" || l.Pull.Result == "" || l.Target == "" {
+					t.Errorf("pull record example lacks its fields: %s", l.Raw)
+				}
+			} else if !l.IsDecision {
+				t.Errorf("example is neither a decision nor a pull record: %s", l.Raw)
+			}
+		}
+		if r.Skipped > 0 {
+			t.Errorf("an example in docs/audit.md is not an audit record:\n%s", b[1])
+		}
+	}
+	if len(blocks) < 3 || pulls == 0 {
+		t.Errorf("%d json examples, %d pull records; want the decisions and a pull record", len(blocks), pulls)
 	}
 }

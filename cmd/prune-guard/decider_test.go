@@ -16,6 +16,7 @@ import (
 	"github.com/prune-guard/prune-guard/authz"
 	"github.com/prune-guard/prune-guard/guard"
 	"github.com/prune-guard/prune-guard/policy"
+	"github.com/prune-guard/prune-guard/proxy"
 	"github.com/prune-guard/prune-guard/rules"
 )
 
@@ -82,5 +83,44 @@ func TestTheClassifiersHeadersAndBodyReachTheGuard(t *testing.T) {
 	}
 	if resp := prune(map[string]string{"Content-Type": "application/json", "Content-Length": "0"}, nil); !resp.Allow {
 		t.Errorf("a dangling prune with an empty body: %+v, want it allowed", resp)
+	}
+}
+
+// A pull is recorded at once in authz mode, which never sees the response;
+// in proxy mode the verdict observes the response and the record waits for
+// the pull's end, with its layers.
+func TestPullsAreRecordedByEachTransportAsItCan(t *testing.T) {
+	const uri = "/v1.51/images/create?fromImage=docker.io%2Flibrary%2Falpine&tag=3.20"
+	newGuard := func() (*guard.Guard, *bytes.Buffer) {
+		var buf bytes.Buffer
+		log := logrus.New()
+		log.SetOutput(io.Discard)
+		return guard.New(policy.Default(), fixedRuns{}, noNames{}, audit.New(&buf, nil), log), &buf
+	}
+
+	g, buf := newGuard()
+	b, _ := json.Marshal(authorization.Request{RequestMethod: "POST", RequestURI: uri,
+		RequestHeaders: map[string]string{"Content-Type": "text/plain", "Content-Length": "0"}})
+	h := authz.Handler(authzDecider{g}, g.Handler(), authz.Options{Headers: rules.ReadHeaders()})
+	if resp := call(t, h, b); !resp.Allow {
+		t.Fatalf("authz: a pull was refused: %+v", resp)
+	}
+	if !strings.Contains(buf.String(), `"result":"miss"`) || strings.Contains(buf.String(), `"progress"`) {
+		t.Errorf("authz: pull record %s", buf.String())
+	}
+
+	g, buf = newGuard()
+	v := proxyDecider{g}.Decide(t.Context(), proxy.Request{Method: "POST", URI: uri})
+	if !v.Allow || v.Observe == nil || buf.Len() != 0 {
+		t.Fatalf("proxy: verdict %+v, record %q; want an observed allow, not yet recorded", v, buf.String())
+	}
+	v.Observe.Response(200)
+	v.Observe.Body([]byte(`{"status":"Already exists","id":"a"}` + "\r\n"))
+	v.Observe.Done(nil)
+	if !strings.Contains(buf.String(), `"progress":{"layers_reused":1,"layers_downloaded":0,"bytes_downloaded":0}`) {
+		t.Errorf("proxy: pull record %s", buf.String())
+	}
+	if v := (proxyDecider{g}).Decide(t.Context(), proxy.Request{Method: "GET", URI: "/v1.51/images/json"}); v.Observe != nil {
+		t.Errorf("a read is observed: %+v", v)
 	}
 }

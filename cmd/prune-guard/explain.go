@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/policy"
@@ -23,23 +25,35 @@ type explainOptions struct {
 	imageProtected  bool
 	pluginProtected bool
 	apiVersion      string
+	grpcMessage     string
 }
 
 func newExplainCmd() *cobra.Command {
 	o := explainOptions{}
 	cmd := &cobra.Command{
-		Use:   "explain [flags] (METHOD URI | -- docker COMMAND...)",
+		Use:   "explain [flags] (METHOD URI | GRPC /package.Service/Method | -- docker COMMAND...)",
 		Short: "Show how a request would be classified and decided",
 		Long: `Show the operation prune-guard reads a request as, the rule that matches and the
 decision, without asking any engine: state the facts with --run-active,
 --image-protected and --plugin-protected.
 
-A request is given as METHOD and raw URI (quote it for the shell), or as a docker
-command line after "--" for the common prune and rmi forms; "docker system prune"
-explains each request the CLI sends.`,
+A request is given as METHOD and raw URI (quote it for the shell), as GRPC and a
+gRPC method's path (a call only proxy mode sees; --grpc-message gives its first
+message, which Control/Prune needs), or as a docker command line after "--" for
+the common prune and rmi forms; "docker system prune" explains each request the
+CLI sends (its build-cache prune is REST, buildx or not).
+
+"docker builder prune" is explained both ways the CLI sends it. With buildx
+(Docker's packages install it, and a CLI from 23.0 on runs "docker builder" as
+"docker buildx") it opens POST /grpc and calls BuildKit's Control/Prune inside:
+an authorization plugin (authz mode) sees only POST /grpc, and only
+"prune-guard proxy" (proxy mode) decides the call. Without buildx it is the REST
+request POST /build/prune, which both modes decide alike.`,
 		Example: `  prune-guard explain POST '/v1.43/images/prune?filters={"dangling":{"false":true}}'
   prune-guard explain --run-active DELETE /v1.43/images/alpine:3.19
   prune-guard explain -- docker image prune -a
+  prune-guard explain -- docker builder prune -af
+  prune-guard explain GRPC /moby.buildkit.v1.Control/Prune --grpc-message 0a001001
   prune-guard explain --policy new.yaml --run-active -- docker system prune -af --volumes`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg := policy.Default()
@@ -49,17 +63,26 @@ explains each request the CLI sends.`,
 					return err
 				}
 			}
-			var reqs []rules.Request
-			if cmd.ArgsLenAtDash() >= 0 {
+			var ways []way
+			switch {
+			case cmd.ArgsLenAtDash() >= 0:
 				var err error
-				if reqs, err = dockerRequests(args[cmd.ArgsLenAtDash():], o.apiVersion); err != nil {
+				if ways, err = dockerWays(args[cmd.ArgsLenAtDash():], o.apiVersion); err != nil {
 					return err
 				}
-			} else {
-				if len(args) != 2 {
-					return errors.New("want METHOD URI, or -- docker COMMAND...; see --help")
+			case len(args) != 2:
+				return errors.New("want METHOD URI, GRPC /package.Service/Method, or -- docker COMMAND...; see --help")
+			case strings.EqualFold(args[0], "GRPC"):
+				r, err := grpcRequest(args[1], o.grpcMessage, cmd.Flags().Changed("grpc-message"))
+				if err != nil {
+					return err
 				}
-				reqs = []rules.Request{{Method: strings.ToUpper(args[0]), URI: args[1]}}
+				ways = []way{{reqs: []sent{{r: r, proxyOnly: true}}}}
+			default:
+				if o.grpcMessage != "" {
+					return errors.New("--grpc-message is for GRPC /package.Service/Method")
+				}
+				ways = []way{{reqs: []sent{{r: rules.Request{Method: strings.ToUpper(args[0]), URI: args[1]}}}}}
 			}
 			facts := rules.FactsFuncs{
 				RunsFunc: func() rules.RunState {
@@ -78,11 +101,34 @@ explains each request the CLI sends.`,
 			}
 			c := rules.NewClassifier()
 			w := cmd.OutOrStdout()
-			for i, r := range reqs {
-				if i > 0 {
-					fmt.Fprintln(w)
+			first := true
+			for _, wy := range ways {
+				if wy.title != "" {
+					if !first {
+						fmt.Fprintln(w)
+					}
+					fmt.Fprintf(w, "%s\n", wy.title)
+					first = false
 				}
-				explain(w, c, r, cfg, facts)
+				tunnel := audit.Allow
+				for _, s := range wy.reqs {
+					if !first {
+						fmt.Fprintln(w)
+					}
+					first = false
+					d := explain(w, c, s.r, cfg, facts)
+					switch {
+					case s.tunnel:
+						tunnel = audit.OutcomeOf(d)
+						fmt.Fprintln(w, "seen by:   both modes: an authorization plugin is asked about POST /grpc, and the proxy sees it")
+					case s.proxyOnly && wy.title == "":
+						fmt.Fprintln(w, "seen by:   proxy mode only: an authorization plugin never sees a gRPC call")
+					case s.proxyOnly && tunnel == audit.Deny:
+						fmt.Fprintln(w, "seen by:   proxy mode only; in authz mode the tunnel is refused, and the call never runs")
+					case s.proxyOnly:
+						fmt.Fprintln(w, "seen by:   proxy mode only; in authz mode the plugin allows the tunnel and never sees this call, which runs")
+					}
+				}
 			}
 			return nil
 		},
@@ -93,13 +139,33 @@ explains each request the CLI sends.`,
 	f.BoolVar(&o.imageProtected, "image-protected", false, "assume the image named is protected")
 	f.BoolVar(&o.pluginProtected, "plugin-protected", false, "assume the plugin named is protected")
 	f.StringVar(&o.apiVersion, "api-version", "1.44", "API version the docker command line is assumed to negotiate")
+	f.StringVar(&o.grpcMessage, "grpc-message", "", "with GRPC: the call's first request message, in hex, without gRPC's 5-byte prefix (Control/Prune's PruneRequest: 0a001001 is all=true, 0a00 all=false)")
 	return cmd
 }
 
-func explain(w io.Writer, c *rules.Classifier, r rules.Request, cfg *policy.Config, facts rules.Facts) {
+// way is one way a command line reaches the engine: what sends it that way
+// ("" when there is one way), and the requests.
+type way struct {
+	title string
+	reqs  []sent
+}
+
+// sent is a request as a transport sees it: tunnel for POST /grpc, which
+// carries gRPC calls; proxyOnly for a gRPC call, which only the proxy sees.
+type sent struct {
+	r         rules.Request
+	tunnel    bool
+	proxyOnly bool
+}
+
+func explain(w io.Writer, c *rules.Classifier, r rules.Request, cfg *policy.Config, facts rules.Facts) rules.Decision {
 	cl := c.Classify(r)
 	d := rules.Evaluate(cl, cfg.Policy, facts)
-	fmt.Fprintf(w, "request:   %s %s\n", r.Method, r.URI)
+	if r.GRPC != nil {
+		fmt.Fprintf(w, "request:   gRPC %s%s\n", r.URI, grpcMessageText(r, cl))
+	} else {
+		fmt.Fprintf(w, "request:   %s %s\n", r.Method, r.URI)
+	}
 	fmt.Fprintf(w, "operation: %s", cl.Op)
 	if cl.Target != "" {
 		fmt.Fprintf(w, " (%s)", cl.Target)
@@ -126,10 +192,101 @@ func explain(w io.Writer, c *rules.Classifier, r rules.Request, cfg *policy.Conf
 	if d.Message != "" {
 		fmt.Fprintf(w, "message:   %s\n", d.Message)
 	}
+	return d
+}
+
+// grpcMessageText shows a Control/Prune call's message and what the
+// classifier read in it.
+func grpcMessageText(r rules.Request, cl rules.Classification) string {
+	if r.GRPC.Message == nil || !rules.GRPCReadsMessage(r.URI) {
+		return ""
+	}
+	shown := "(empty)"
+	if len(r.GRPC.Message) > 0 {
+		shown = hex.EncodeToString(r.GRPC.Message)
+	}
+	switch cl.Op {
+	case rules.OpBuildPruneAll:
+		return fmt.Sprintf(" (PruneRequest %s: all=true)", shown)
+	case rules.OpBuildPrune:
+		return fmt.Sprintf(" (PruneRequest %s: all=false)", shown)
+	}
+	return fmt.Sprintf(" (PruneRequest %s)", shown)
+}
+
+// grpcRequest is the gRPC call "explain GRPC PATH" names, with the first
+// message in hex when given.
+func grpcRequest(path, hexMsg string, given bool) (rules.Request, error) {
+	if !strings.HasPrefix(path, "/") {
+		return rules.Request{}, fmt.Errorf("explain: a gRPC method is a path, /package.Service/Method, not %q", path)
+	}
+	call := &rules.GRPCCall{}
+	if given {
+		msg, err := hex.DecodeString(strings.ReplaceAll(hexMsg, " ", ""))
+		if err != nil {
+			return rules.Request{}, fmt.Errorf("--grpc-message: %w", err)
+		}
+		call.Message = append([]byte{}, msg...) // empty, not nil: a message of no bytes
+	} else if rules.GRPCReadsMessage(path) {
+		return rules.Request{}, fmt.Errorf("explain: %s is decided by its first message; give it with --grpc-message HEX (for Control/Prune: 0a001001 is all=true, 0a00 all=false)", path)
+	}
+	return rules.Request{Method: "POST", URI: path, GRPC: call}, nil
+}
+
+// dockerWays translates a docker command line into the ways the CLI sends
+// it: build-cache prunes with buildx as BuildKit gRPC calls in POST /grpc,
+// everything else (and build-cache prunes without buildx) as the REST
+// requests dockerRequests returns.
+func dockerWays(args []string, apiVersion string) ([]way, error) {
+	reqs, err := dockerRequests(args, apiVersion)
+	if err != nil {
+		return nil, err
+	}
+	if len(args) > 0 && args[0] == "docker" {
+		args = args[1:]
+	}
+	cl := parseCommandLine(args)
+	rest := way{reqs: make([]sent, 0, len(reqs))}
+	for _, r := range reqs {
+		rest.reqs = append(rest.reqs, sent{r: r})
+	}
+	v := "/v" + apiVersion
+	switch cl.command {
+	case "buildx prune":
+		bx := buildxPrune(cl, v)
+		bx.title = "docker buildx prune opens POST /grpc, BuildKit's gRPC tunnel, and calls Control/Prune inside it:"
+		return []way{bx}, nil
+	case "builder prune":
+		bx := buildxPrune(cl, v)
+		bx.title = "With buildx (Docker's packages install it; a CLI from 23.0 on runs 'docker builder' as 'docker buildx'),\n" +
+			"the CLI opens POST /grpc, BuildKit's gRPC tunnel, and calls Control/Prune inside it:"
+		rest.title = "Without buildx (BuildKit off, or a CLI before 23.0 without 'docker buildx install'), it sends one REST\n" +
+			"request, which an authorization plugin and the proxy decide alike:"
+		return []way{bx, rest}, nil
+	}
+	return []way{rest}, nil
+}
+
+// buildxPrune is what buildx's docker driver sends for a build-cache prune:
+// POST /grpc, then Control/Prune with a PruneRequest as BuildKit's client
+// builds it (client/prune.go: the filters joined into one string, field 1;
+// all, field 2). A keep budget is left out: only all decides.
+func buildxPrune(cl commandLine, v string) way {
+	msg := protowire.AppendTag(nil, 1, protowire.BytesType)
+	msg = protowire.AppendString(msg, strings.Join(cl.filters, ","))
+	if cl.all {
+		msg = protowire.AppendTag(msg, 2, protowire.VarintType)
+		msg = protowire.AppendVarint(msg, 1)
+	}
+	return way{reqs: []sent{
+		{r: rules.Request{Method: "POST", URI: v + "/grpc"}, tunnel: true},
+		{r: rules.Request{Method: "POST", URI: "/moby.buildkit.v1.Control/Prune", GRPC: &rules.GRPCCall{Message: msg}}, proxyOnly: true},
+	}}
 }
 
 // dockerRequests translates the common docker prune and rmi command lines
-// into the API requests the docker CLI sends for them.
+// into the REST requests the docker CLI sends for them (build-cache prunes
+// as the CLI sends them without buildx).
 func dockerRequests(args []string, apiVersion string) ([]rules.Request, error) {
 	if len(args) > 0 && args[0] == "docker" {
 		args = args[1:]
@@ -200,7 +357,7 @@ var cliRequests = map[string]func(cl commandLine, v string) ([]rules.Request, er
 	"network prune":   one(func(cl commandLine, v string) rules.Request { return cl.prune(v+"/networks/prune", "") }),
 	"volume prune":    one(volumePrune),
 	"builder prune":   one(buildPrune),
-	"buildx prune":    one(buildPrune),
+	"buildx prune":    one(buildPrune), // dockerWays shows the gRPC call it really sends
 	"system prune": func(cl commandLine, v string) ([]rules.Request, error) {
 		reqs := []rules.Request{cl.prune(v+"/containers/prune", ""), cl.prune(v+"/networks/prune", "")}
 		if cl.volumes {

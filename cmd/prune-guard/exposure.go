@@ -77,8 +77,12 @@ func unixPath(host string) (string, error) {
 // path ("every local user", "members of group G"), or "" if none may:
 // connecting takes write permission on the socket and search permission on
 // every directory above it. (A socket owned by a user other than root is
-// not dockerd's way and is not weighed.)
+// not dockerd's way and is not weighed.) A symbolic link is followed:
+// the directories that count are those above the socket itself.
 func reachableBy(path string) string {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
 	mode, gid, ok := statPerm(path)
 	if !ok {
 		return ""

@@ -94,3 +94,90 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// "docker builder prune" is explained both ways the CLI sends it: with
+// buildx, POST /grpc (both modes) and Control/Prune inside it (proxy mode
+// only), and without buildx the REST request; "docker buildx prune" only
+// the first way. The PruneRequest is the one buildx sends.
+func TestExplainBuilderPruneShowsBuildxGRPCAndTheRESTRequest(t *testing.T) {
+	out, err := run(t, "explain", "--", "docker", "builder", "prune", "-af")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(out, "\n\n")
+	want := []string{
+		"With buildx",
+		"request:   POST /v1.44/grpc\noperation: buildkit-stream\nrule:      (none matched)\ndecision:  allow\nseen by:   both modes",
+		"request:   gRPC /moby.buildkit.v1.Control/Prune (PruneRequest 0a001001: all=true)\noperation: build-prune-all\nrule:      no-build-prune-all",
+		"Without buildx",
+		"request:   POST /v1.44/build/prune?all=1\noperation: build-prune-all\nrule:      no-build-prune-all",
+	}
+	if len(blocks) != len(want) {
+		t.Fatalf("%d blocks; want %d:\n%s", len(blocks), len(want), out)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(blocks[i], w) {
+			t.Errorf("block %d:\n%s\nwant it to start with\n%s", i, blocks[i], w)
+		}
+	}
+	if !strings.Contains(blocks[2], "decision:  deny\n") || !strings.Contains(blocks[2], "seen by:   proxy mode only; in authz mode the plugin allows the tunnel and never sees this call, which runs") {
+		t.Errorf("the gRPC prune should be denied in proxy mode and said to run unseen in authz mode:\n%s", blocks[2])
+	}
+	if !strings.Contains(blocks[4], "decision:  deny\n") || strings.Contains(blocks[4], "seen by:") {
+		t.Errorf("the REST prune should be denied, alike in both modes:\n%s", blocks[4])
+	}
+
+	// A budgeted or dangling-only prune passes with no job, and not
+	// during one.
+	out, err = run(t, "explain", "--", "docker", "buildx", "prune", "-f", "--keep-storage", "10GB")
+	if err != nil || strings.Contains(out, "Without buildx") || strings.Contains(out, "/build/prune") ||
+		!strings.Contains(out, "request:   gRPC /moby.buildkit.v1.Control/Prune (PruneRequest 0a00: all=false)\noperation: build-prune\nrule:      (none matched)\ndecision:  allow") {
+		t.Errorf("docker buildx prune -f: %v\n%s", err, out)
+	}
+	out, err = run(t, "explain", "--run-active", "--", "docker", "buildx", "prune", "-f")
+	if err != nil || !strings.Contains(out, "operation: build-prune\nrule:      no-prune-during-run") {
+		t.Errorf("docker buildx prune -f during a run: %v\n%s", err, out)
+	}
+
+	// A policy that refuses the tunnel refuses it in authz mode too.
+	dir := t.TempDir()
+	pol := dir + "/p.yaml"
+	if err := os.WriteFile(pol, []byte("rules:\n  - name: no-buildkit-stream\n    match: [buildkit-stream]\n    action: deny\n    message: no BuildKit\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "explain", "--policy", pol, "--", "docker", "builder", "prune", "-af")
+	if err != nil || !strings.Contains(out, "seen by:   proxy mode only; in authz mode the tunnel is refused, and the call never runs") {
+		t.Errorf("with no-buildkit-stream: %v\n%s", err, out)
+	}
+}
+
+func TestExplainGRPCMethods(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // in the output, or in the error when it begins with "error: "
+	}{
+		{[]string{"GRPC", "/moby.buildkit.v1.Control/Prune", "--grpc-message", "0a001001"}, "operation: build-prune-all\nrule:      no-build-prune-all"},
+		{[]string{"grpc", "/moby.buildkit.v1.Control/Prune", "--grpc-message", ""}, "(PruneRequest (empty): all=false)\noperation: build-prune\nrule:      (none matched)\ndecision:  allow\nseen by:   proxy mode only"},
+		{[]string{"GRPC", "/moby.buildkit.v1.Control/Prune", "--grpc-message", "1002"}, "operation: build-prune-all"},
+		{[]string{"GRPC", "/moby.buildkit.v1.Control/Prune", "--grpc-message", "10"}, "rule:      fail-closed"},
+		{[]string{"GRPC", "/moby.buildkit.v1.Control/Prune"}, "error: decided by its first message; give it with --grpc-message"},
+		{[]string{"GRPC", "/moby.buildkit.v1.Control/Prune", "--grpc-message", "zz"}, "error: --grpc-message"},
+		{[]string{"GRPC", "/moby.buildkit.v1.Control/DiskUsage"}, "operation: other\nrule:      (none matched)\ndecision:  allow"},
+		{[]string{"GRPC", "/com.example.volumes.v1.Volumes/Prune"}, "rule:      no-unknown-grpc: deny grpc-unknown when always\ndecision:  deny\nmessage:   prune-guard: call to unknown gRPC method /com.example.volumes.v1.Volumes/Prune is blocked"},
+		{[]string{"GRPC", "moby.buildkit.v1.Control/Prune"}, "error: a gRPC method is a path"},
+		{[]string{"POST", "/v1.44/build/prune", "--grpc-message", "00"}, "error: --grpc-message is for GRPC"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			out, err := run(t, append([]string{"explain"}, tc.args...)...)
+			if e, ok := strings.CutPrefix(tc.want, "error: "); ok {
+				if err == nil || !strings.Contains(err.Error(), e) {
+					t.Errorf("error %v; want one containing %q\n%s", err, e, out)
+				}
+				return
+			}
+			if err != nil || !strings.Contains(out, tc.want) {
+				t.Errorf("%v\n%s\nwant %q", err, out, tc.want)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +38,14 @@ type SystemdOptions struct {
 	// Binds are host directories bind-mounted into the container:
 	// container path => host path.
 	Binds map[string]string
+	// Unmask are the host's docker.service, docker.socket and
+	// containerd.service to leave as they are (from the host's /usr);
+	// the others are masked, and so are these unless named here or
+	// given in Units.
+	Unmask []string
+	// UsrWritable lets the container write to /usr (into a throwaway
+	// layer over the host's), for a test that installs into it.
+	UsrWritable bool
 }
 
 // Systemd is systemd running as PID 1 of a throwaway container
@@ -102,6 +111,9 @@ func BootSystemd(t testing.TB, opts SystemdOptions) *Systemd {
 		// The host's /usr, with opts.Usr on top, read-only.
 		"--overlay-ro=/usr:" + upper + ":/usr",
 	}
+	if opts.UsrWritable {
+		args[len(args)-1] = "--overlay=/usr:" + upper + ":/usr"
+	}
 	for _, c := range sortedKeys(opts.Binds) {
 		args = append(args, "--bind="+opts.Binds[c]+":"+c)
 	}
@@ -166,8 +178,12 @@ func (s *Systemd) prepare(upper string, opts SystemdOptions) error {
 		return err
 	}
 	os.Remove(filepath.Join(s.root, "etc/machine-id"))
-	// Whatever is enabled, no dockerd starts inside.
+	// Whatever is enabled, no dockerd starts inside, unless a test
+	// gives a unit of that name or keeps the host's.
 	for _, u := range []string{"docker.service", "docker.socket", "containerd.service"} {
+		if _, given := opts.Units[u]; given || slices.Contains(opts.Unmask, u) {
+			continue
+		}
 		if err := os.Symlink("/dev/null", filepath.Join(unitDir, u)); err != nil {
 			return err
 		}
@@ -298,6 +314,9 @@ func (s *Systemd) ConsoleTail() string { return tail(s.log, "container console")
 // shutdown; SIGKILL after poweroffTimeout.
 func (s *Systemd) poweroff(t testing.TB) {
 	t.Helper()
+	if s.cmd == nil || s.cmd.Process == nil {
+		return // it never started: preparing its root failed
+	}
 	if t.Failed() {
 		if out, err := s.exec(context.Background(), "journalctl", "--no-pager", "-n", "60"); err == nil {
 			t.Logf("--- container journal:\n%s", out)
