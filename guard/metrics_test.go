@@ -110,6 +110,7 @@ func checkGolden(t *testing.T, name string, s Status) {
 	if !bytes.Equal(got.Bytes(), want) {
 		t.Errorf("metrics differ from %s (rerun with -update after checking the change):\n%s", golden, got.String())
 	}
+	promtool.CheckMetrics(t, got.Bytes())
 }
 
 // What a scrape of a running guard gets (its series with the process and
