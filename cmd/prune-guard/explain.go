@@ -55,83 +55,7 @@ request POST /build/prune, which both modes decide alike.`,
   prune-guard explain -- docker builder prune -af
   prune-guard explain GRPC /moby.buildkit.v1.Control/Prune --grpc-message 0a001001
   prune-guard explain --policy new.yaml --run-active -- docker system prune -af --volumes`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg := policy.Default()
-			if o.policyFile != "" {
-				var err error
-				if cfg, err = policy.Load(o.policyFile); err != nil {
-					return err
-				}
-			}
-			var ways []way
-			switch {
-			case cmd.ArgsLenAtDash() >= 0:
-				var err error
-				if ways, err = dockerWays(args[cmd.ArgsLenAtDash():], o.apiVersion); err != nil {
-					return err
-				}
-			case len(args) != 2:
-				return errors.New("want METHOD URI, GRPC /package.Service/Method, or -- docker COMMAND...; see --help")
-			case strings.EqualFold(args[0], "GRPC"):
-				r, err := grpcRequest(args[1], o.grpcMessage, cmd.Flags().Changed("grpc-message"))
-				if err != nil {
-					return err
-				}
-				ways = []way{{reqs: []sent{{r: r, proxyOnly: true}}}}
-			default:
-				if o.grpcMessage != "" {
-					return errors.New("--grpc-message is for GRPC /package.Service/Method")
-				}
-				ways = []way{{reqs: []sent{{r: rules.Request{Method: strings.ToUpper(args[0]), URI: args[1]}}}}}
-			}
-			facts := rules.FactsFuncs{
-				RunsFunc: func() rules.RunState {
-					if o.runActive {
-						return rules.RunState{Active: []rules.Run{{Detector: rules.PruneGuardDetector, System: "prune-guard run", Job: "example",
-							Kind: rules.Container, Name: "(--run-active)"}}}
-					}
-					return rules.RunState{}
-				},
-				ImageFunc: func(string) rules.Check {
-					return rules.Check{Yes: o.imageProtected, Why: "it is protected (--image-protected)"}
-				},
-				PluginFunc: func(string) rules.Check {
-					return rules.Check{Yes: o.pluginProtected, Why: "it is protected (--plugin-protected)"}
-				},
-			}
-			c := rules.NewClassifier()
-			w := cmd.OutOrStdout()
-			first := true
-			for _, wy := range ways {
-				if wy.title != "" {
-					if !first {
-						fmt.Fprintln(w)
-					}
-					fmt.Fprintf(w, "%s\n", wy.title)
-					first = false
-				}
-				tunnel := audit.Allow
-				for _, s := range wy.reqs {
-					if !first {
-						fmt.Fprintln(w)
-					}
-					first = false
-					d := explain(w, c, s.r, cfg, facts)
-					switch {
-					case s.tunnel:
-						tunnel = audit.OutcomeOf(d)
-						fmt.Fprintln(w, "seen by:   both modes: an authorization plugin is asked about POST /grpc, and the proxy sees it")
-					case s.proxyOnly && wy.title == "":
-						fmt.Fprintln(w, "seen by:   proxy mode only: an authorization plugin never sees a gRPC call")
-					case s.proxyOnly && tunnel == audit.Deny:
-						fmt.Fprintln(w, "seen by:   proxy mode only; in authz mode the tunnel is refused, and the call never runs")
-					case s.proxyOnly:
-						fmt.Fprintln(w, "seen by:   proxy mode only; in authz mode the plugin allows the tunnel and never sees this call, which runs")
-					}
-				}
-			}
-			return nil
-		},
+		RunE: func(cmd *cobra.Command, args []string) error { return runExplain(cmd, args, o) },
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.policyFile, "policy", "", "policy file to explain against (default: the built-in policy)")
@@ -141,6 +65,96 @@ request POST /build/prune, which both modes decide alike.`,
 	f.StringVar(&o.apiVersion, "api-version", "1.44", "API version the docker command line is assumed to negotiate")
 	f.StringVar(&o.grpcMessage, "grpc-message", "", "with GRPC: the call's first request message, in hex, without gRPC's 5-byte prefix (Control/Prune's PruneRequest: 0a001001 is all=true, 0a00 all=false)")
 	return cmd
+}
+
+// runExplain explains the request or command line args name.
+func runExplain(cmd *cobra.Command, args []string, o explainOptions) error {
+	cfg := policy.Default()
+	if o.policyFile != "" {
+		var err error
+		if cfg, err = policy.Load(o.policyFile); err != nil {
+			return err
+		}
+	}
+	ways, err := explainWays(cmd, args, o)
+	if err != nil {
+		return err
+	}
+	writeWays(cmd.OutOrStdout(), ways, cfg, explainFacts(o))
+	return nil
+}
+
+// explainWays reads what args name: a docker command line after "--", a
+// gRPC call, or METHOD and URI.
+func explainWays(cmd *cobra.Command, args []string, o explainOptions) ([]way, error) {
+	switch {
+	case cmd.ArgsLenAtDash() >= 0:
+		return dockerWays(args[cmd.ArgsLenAtDash():], o.apiVersion)
+	case len(args) != 2:
+		return nil, errors.New("want METHOD URI, GRPC /package.Service/Method, or -- docker COMMAND...; see --help")
+	case strings.EqualFold(args[0], "GRPC"):
+		r, err := grpcRequest(args[1], o.grpcMessage, cmd.Flags().Changed("grpc-message"))
+		if err != nil {
+			return nil, err
+		}
+		return []way{{reqs: []sent{{r: r, proxyOnly: true}}}}, nil
+	case o.grpcMessage != "":
+		return nil, errors.New("--grpc-message is for GRPC /package.Service/Method")
+	}
+	return []way{{reqs: []sent{{r: rules.Request{Method: strings.ToUpper(args[0]), URI: args[1]}}}}}, nil
+}
+
+// explainFacts are the facts the flags state, in place of an engine.
+func explainFacts(o explainOptions) rules.Facts {
+	return rules.FactsFuncs{
+		RunsFunc: func() rules.RunState {
+			if o.runActive {
+				return rules.RunState{Active: []rules.Run{{Detector: rules.PruneGuardDetector, System: "prune-guard run", Job: "example",
+					Kind: rules.Container, Name: "(--run-active)"}}}
+			}
+			return rules.RunState{}
+		},
+		ImageFunc: func(string) rules.Check {
+			return rules.Check{Yes: o.imageProtected, Why: "it is protected (--image-protected)"}
+		},
+		PluginFunc: func(string) rules.Check {
+			return rules.Check{Yes: o.pluginProtected, Why: "it is protected (--plugin-protected)"}
+		},
+	}
+}
+
+// writeWays explains each request of each way, and which mode sees it.
+func writeWays(w io.Writer, ways []way, cfg *policy.Config, facts rules.Facts) {
+	c := rules.NewClassifier()
+	first := true
+	for _, wy := range ways {
+		if wy.title != "" {
+			if !first {
+				fmt.Fprintln(w)
+			}
+			fmt.Fprintf(w, "%s\n", wy.title)
+			first = false
+		}
+		tunnel := audit.Allow
+		for _, s := range wy.reqs {
+			if !first {
+				fmt.Fprintln(w)
+			}
+			first = false
+			d := explain(w, c, s.r, cfg, facts)
+			switch {
+			case s.tunnel:
+				tunnel = audit.OutcomeOf(d)
+				fmt.Fprintln(w, "seen by:   both modes: an authorization plugin is asked about POST /grpc, and the proxy sees it")
+			case s.proxyOnly && wy.title == "":
+				fmt.Fprintln(w, "seen by:   proxy mode only: an authorization plugin never sees a gRPC call")
+			case s.proxyOnly && tunnel == audit.Deny:
+				fmt.Fprintln(w, "seen by:   proxy mode only; in authz mode the tunnel is refused, and the call never runs")
+			case s.proxyOnly:
+				fmt.Fprintln(w, "seen by:   proxy mode only; in authz mode the plugin allows the tunnel and never sees this call, which runs")
+			}
+		}
+	}
 }
 
 // way is one way a command line reaches the engine: what sends it that way
