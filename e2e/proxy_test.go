@@ -169,10 +169,13 @@ func TestProxyPassesTheDockerCLIsStreamsAndImagesWhole(t *testing.T) {
 
 	t.Run("docker logs -f passes each line on as the container writes it", func(t *testing.T) {
 		// The container writes its second line only once the test has
-		// seen the first through the proxy and told it to go on.
+		// seen the first through the proxy and told it to go on. It
+		// lives a second longer: when a container's main process exits,
+		// the engine kills what still runs in it, and on 26.1 that can
+		// be the exec that told it to go on (exit 137).
 		name := "pg-px-logs-" + enginetest.Nonce(t)
 		g.mustAllow(t, "run", "-d", "--name", name, img, "busybox", "sh", "-c",
-			"echo first; while ! busybox test -e /go; do busybox sleep 0.1; done; echo second")
+			"echo first; while ! busybox test -e /go; do busybox sleep 0.1; done; echo second; busybox sleep 1")
 		t.Cleanup(func() { g.Docker(t, "rm", "-f", name) })
 		logs := startStream(t, g, "logs", "-f", name)
 		logs.waitLine(t, "first")

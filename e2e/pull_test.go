@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -253,9 +254,11 @@ func (s *pullScenario) checkMetrics(t *testing.T, g pullTarget, recs []pullRecor
 			downloaded += r.Pull.Progress.LayersDownloaded
 			bytes += r.Pull.Progress.BytesDownloaded
 		}
-		want = append(want, fmt.Sprintf(`prune_guard_pull_layers_total{result="reused"} %d`, reused),
-			fmt.Sprintf(`prune_guard_pull_layers_total{result="downloaded"} %d`, downloaded),
-			fmt.Sprintf(`prune_guard_pull_bytes_total %d`, bytes))
+		// The exposition writes values as Go's shortest float (1.5e+06).
+		num := func(n int64) string { return strconv.FormatFloat(float64(n), 'g', -1, 64) }
+		want = append(want, `prune_guard_pull_layers_total{result="reused"} `+num(reused),
+			`prune_guard_pull_layers_total{result="downloaded"} `+num(downloaded),
+			`prune_guard_pull_bytes_total `+num(bytes))
 	} else if strings.Contains(m, "prune_guard_pull_bytes_total") {
 		t.Errorf("authz mode exports the proxy's layer and byte counters:\n%s", m)
 	}

@@ -32,6 +32,10 @@ type ActiveRun struct {
 	Run string `json:"run"`
 	// Detector names the detector that counts it.
 	Detector string `json:"detector"`
+	// Job names the job the object belongs to ("GitLab job 4711"; the
+	// object's name when its CI system gives no job identifier): a job's
+	// objects share it, so jobs are counted by it.
+	Job string `json:"job"`
 	// Looks says what that detector looks for, which is why it counts
 	// the object. Status fills it; an audit record names the run only.
 	Looks string `json:"looks,omitempty"`
@@ -41,6 +45,8 @@ type ActiveRun struct {
 type EndedRun struct {
 	Run      string `json:"run"`
 	Detector string `json:"detector"`
+	// Job names the job, as ActiveRun.Job does.
+	Job string `json:"job"`
 	// Ended is when the object was last seen or went away; GraceUntil
 	// is when its teardown grace is over.
 	Ended      time.Time `json:"ended"`
@@ -77,15 +83,28 @@ func viewRuns(st rules.RunState) RunsView {
 		v.Error = st.Err.Error()
 	}
 	for _, r := range st.Active {
-		v.Active = append(v.Active, ActiveRun{Run: r.String(), Detector: r.Detector})
+		v.Active = append(v.Active, ActiveRun{Run: r.String(), Detector: r.Detector, Job: jobOf(r)})
 	}
 	for _, r := range st.Ended {
-		v.Ended = append(v.Ended, EndedRun{Run: r.String(), Detector: r.Detector, Ended: r.Ended.UTC(), GraceUntil: r.Ended.Add(st.Grace).UTC()})
+		v.Ended = append(v.Ended, EndedRun{Run: r.String(), Detector: r.Detector, Job: jobOf(r), Ended: r.Ended.UTC(), GraceUntil: r.Ended.Add(st.Grace).UTC()})
 	}
 	if b := st.Blind; b != nil {
 		v.Unseen = &Unseen{Since: b.Since.UTC(), Why: b.Why, Until: b.Since.Add(st.Grace).UTC()}
 	}
 	return v
+}
+
+// jobOf names r's job: its system and job identifier, or its system and
+// object name when the system gives none.
+func jobOf(r rules.Run) string {
+	if r.Kind == 0 {
+		return r.Job // known only by its recorded description
+	}
+	id := r.Job
+	if id == "" {
+		id = r.Name
+	}
+	return r.System + " " + id
 }
 
 // auditLines flattens v to an audit record's runs: the unknown state

@@ -75,8 +75,8 @@ func TestStatusSendsTheRunStateAsStructuredValues(t *testing.T) {
 		{name: "a live job with the detector that counts it and what it looks for, an ended job with its grace, the unseen stretch",
 			runs: &fakeRuns{runs: []rules.Run{liveJob}, ended: []rules.Run{endedJob}, blind: unseen, grace: 2 * time.Minute},
 			want: RunsStatus{RunsView: RunsView{
-				Active: []ActiveRun{{Run: "GitLab job 4711, container build", Detector: "gitlab", Looks: looksOf(t, "gitlab")}},
-				Ended: []EndedRun{{Run: "GitLab job 4700, container old", Detector: "gitlab",
+				Active: []ActiveRun{{Run: "GitLab job 4711, container build", Detector: "gitlab", Job: "GitLab job 4711", Looks: looksOf(t, "gitlab")}},
+				Ended: []EndedRun{{Run: "GitLab job 4700, container old", Detector: "gitlab", Job: "GitLab job 4700",
 					Ended: endedAt, GraceUntil: endedAt.Add(2 * time.Minute)}},
 				Unseen: &Unseen{Since: unseen.Since, Why: "prune-guard started then", Until: unseen.Since.Add(2 * time.Minute)},
 			}, HostProcesses: HostProcesses(true, "")}},

@@ -4,12 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"sort"
 	"strings"
 	"time"
 
+	"github.com/prune-guard/prune-guard/buildinfo"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/rules"
 )
@@ -17,6 +16,8 @@ import (
 // Status is what GET /status answers: the policy in
 // force and the counters since start. "prune-guard status" reads it.
 type Status struct {
+	// Version is the running prune-guard's build (buildinfo.Version).
+	Version            string       `json:"version"`
 	Transport          Transport    `json:"transport"`
 	Warnings           []string     `json:"warnings,omitempty"`
 	Policy             PolicyStatus `json:"policy"`
@@ -91,110 +92,11 @@ func HostProcesses(visible bool, why string) string {
 
 // counters is Status without the run state, which costs an engine query.
 func (g *Guard) counters() Status {
-	s := Status{Transport: g.Transport(), Policy: describePolicy(g.Config()), Stats: g.stats.Snapshot(), AuditWriteFailures: g.audit.Failures()}
+	s := Status{Version: buildinfo.Version(), Transport: g.Transport(), Policy: describePolicy(g.Config()), Stats: g.stats.Snapshot(), AuditWriteFailures: g.audit.Failures()}
 	if w := g.warnings.Load(); w != nil {
 		s.Warnings = *w
 	}
 	return s
-}
-
-// WriteMetrics writes the guard's counters in the Prometheus text
-// exposition format. It is written by hand: a dozen series do not justify
-// a client library in a process that sits in front of every docker call.
-func WriteMetrics(w io.Writer, s Status) {
-	fmt.Fprintln(w, "# HELP prune_guard_decisions_total Decisions on destructive or denied requests, by rule and decision.")
-	fmt.Fprintln(w, "# TYPE prune_guard_decisions_total counter")
-	rulesSeen := make([]string, 0, len(s.Stats.Decisions))
-	for r := range s.Stats.Decisions {
-		rulesSeen = append(rulesSeen, r)
-	}
-	sort.Strings(rulesSeen)
-	for _, r := range rulesSeen {
-		ds := s.Stats.Decisions[r]
-		names := make([]string, 0, len(ds))
-		for d := range ds {
-			names = append(names, d)
-		}
-		sort.Strings(names)
-		for _, d := range names {
-			fmt.Fprintf(w, "prune_guard_decisions_total{rule=%q,decision=%q} %d\n", r, d, ds[d])
-		}
-	}
-	fmt.Fprintln(w, "# HELP prune_guard_reads_allowed_total Non-destructive requests allowed without an engine query.")
-	fmt.Fprintln(w, "# TYPE prune_guard_reads_allowed_total counter")
-	fmt.Fprintf(w, "prune_guard_reads_allowed_total %d\n", s.Stats.Reads)
-	fmt.Fprintln(w, "# HELP prune_guard_decision_seconds Time to decide a destructive request, engine queries included.")
-	fmt.Fprintln(w, "# TYPE prune_guard_decision_seconds histogram")
-	var cum int64
-	for i, b := range LatencyBuckets {
-		cum += s.Stats.LatencyCounts[i]
-		fmt.Fprintf(w, "prune_guard_decision_seconds_bucket{le=%q} %d\n", trimFloat(b.Seconds()), cum)
-	}
-	fmt.Fprintf(w, "prune_guard_decision_seconds_bucket{le=\"+Inf\"} %d\n", s.Stats.LatencyN)
-	fmt.Fprintf(w, "prune_guard_decision_seconds_sum %s\n", trimFloat(s.Stats.LatencySum.Seconds()))
-	fmt.Fprintf(w, "prune_guard_decision_seconds_count %d\n", s.Stats.LatencyN)
-	for _, m := range []struct {
-		name, help string
-		v          int64
-	}{
-		{"prune_guard_engine_errors_total", "Engine queries that failed or timed out (the state was unknown).", s.Stats.EngineErrors},
-		{"prune_guard_policy_reloads_total", "Policy files loaded after start.", s.Stats.Reloads},
-		{"prune_guard_policy_rejections_total", "Policy files rejected (the policy in force stayed).", s.Stats.Rejections},
-		{"prune_guard_audit_write_failures_total", "Audit records that could not be written.", s.AuditWriteFailures},
-	} {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", m.name, m.help, m.name, m.name, m.v)
-	}
-	writePulls(w, s)
-	fmt.Fprintln(w, "# HELP prune_guard_start_time_seconds When prune-guard started.")
-	fmt.Fprintln(w, "# TYPE prune_guard_start_time_seconds gauge")
-	fmt.Fprintf(w, "prune_guard_start_time_seconds %d\n", s.Stats.Started.Unix())
-}
-
-// writePulls writes the pull counters. Layers and bytes are written in
-// proxy mode only, the one mode that sees a pull's progress: zeros in authz
-// mode would read as "nothing downloaded".
-func writePulls(w io.Writer, s Status) {
-	fmt.Fprintln(w, "# HELP prune_guard_image_pulls_total Image pulls, by registry and result: hit (the image was local before the pull), miss, unknown.")
-	fmt.Fprintln(w, "# TYPE prune_guard_image_pulls_total counter")
-	regs := make([]string, 0, len(s.Stats.Pulls))
-	for r := range s.Stats.Pulls {
-		regs = append(regs, r)
-	}
-	sort.Strings(regs)
-	for _, r := range regs {
-		results := make([]string, 0, len(s.Stats.Pulls[r]))
-		for res := range s.Stats.Pulls[r] {
-			results = append(results, res)
-		}
-		sort.Strings(results)
-		for _, res := range results {
-			fmt.Fprintf(w, "prune_guard_image_pulls_total{registry=%q,result=%q} %d\n", r, res, s.Stats.Pulls[r][res])
-		}
-	}
-	if s.Transport.Mode != ModeProxy {
-		return
-	}
-	fmt.Fprintln(w, "# HELP prune_guard_pull_layers_total Layers of the pulls the proxy relayed, by result: reused (already local) or downloaded.")
-	fmt.Fprintln(w, "# TYPE prune_guard_pull_layers_total counter")
-	fmt.Fprintf(w, "prune_guard_pull_layers_total{result=\"downloaded\"} %d\n", s.Stats.PullLayersDownloaded)
-	fmt.Fprintf(w, "prune_guard_pull_layers_total{result=\"reused\"} %d\n", s.Stats.PullLayersReused)
-	fmt.Fprintln(w, "# HELP prune_guard_pull_bytes_total Bytes the pulls the proxy relayed downloaded, as their progress reported them.")
-	fmt.Fprintln(w, "# TYPE prune_guard_pull_bytes_total counter")
-	fmt.Fprintf(w, "prune_guard_pull_bytes_total %d\n", s.Stats.PullBytes)
-}
-
-func trimFloat(f float64) string {
-	s := fmt.Sprintf("%.6f", f)
-	s = strings.TrimRight(s, "0")
-	return strings.TrimSuffix(s, ".")
-}
-
-// MetricsHandler serves WriteMetrics.
-func (g *Guard) MetricsHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		WriteMetrics(w, g.counters())
-	})
 }
 
 // Handler serves GET /status (for "prune-guard status") and GET /metrics

@@ -15,6 +15,7 @@ import (
 	"github.com/prune-guard/prune-guard/audit"
 	"github.com/prune-guard/prune-guard/engine"
 	"github.com/prune-guard/prune-guard/guard"
+	"github.com/prune-guard/prune-guard/metrics"
 	"github.com/prune-guard/prune-guard/policy"
 	"github.com/prune-guard/prune-guard/redact"
 	"github.com/prune-guard/prune-guard/resolve"
@@ -35,6 +36,7 @@ type guardFlags struct {
 	engineTimeout  time.Duration
 	watchInterval  time.Duration
 	metricsAddr    string
+	webConfig      string
 	logLevel       string
 }
 
@@ -49,7 +51,8 @@ func (o *guardFlags) register(f *pflag.FlagSet, engineDefault, engineUsage strin
 	o.run.register(f)
 	f.DurationVar(&o.engineTimeout, "engine-timeout", 3*time.Second, "how long a decision may wait for the engine; past it the state is unknown and destructive requests are refused")
 	f.DurationVar(&o.watchInterval, "policy-poll", 2*time.Second, "how often to check the policy file for changes")
-	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on a loopback address (127.0.0.1:9323) or a unix socket (unix:/run/prune-guard/metrics.sock); off by default")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on a loopback address ("+exampleMetricsAddr+"), a unix socket (unix:/run/prune-guard/metrics.sock), or, with --web-config, any address (:"+exampleMetricsPort+"); off by default")
+	f.StringVar(&o.webConfig, "web-config", "", webConfigUsage)
 	f.StringVar(&o.logLevel, "log-level", "info", "operational log level on stderr: debug, info, warn, error")
 }
 
@@ -62,6 +65,7 @@ func guardEnv(engine envVar) []envVar {
 		{name: "PRUNE_GUARD_POLICY", flag: "policy"},
 		{name: "PRUNE_GUARD_POLICY_OPTIONAL", flag: "policy-optional"},
 		{name: "PRUNE_GUARD_METRICS_ADDR", flag: "metrics-addr"},
+		{name: "PRUNE_GUARD_WEB_CONFIG", flag: "web-config"},
 	}, runEnv...)
 }
 
@@ -115,7 +119,7 @@ func startGuard(ctx context.Context, o guardFlags, t guard.Transport) (*decider,
 	d := &decider{log: log, al: al, ec: ec, tracker: runs.New(ec, o.engineTimeout)}
 	d.g = guard.New(cfg, d.tracker, resolve.New(ec, o.engineTimeout), al, log)
 	d.g.SetTransport(t)
-	if err := d.serveMetrics(ctx, o.metricsAddr); err != nil {
+	if err := d.serveMetrics(ctx, o.metricsAddr, o.webConfig); err != nil {
 		d.close()
 		return nil, err
 	}
@@ -130,16 +134,20 @@ func (d *decider) close() {
 }
 
 // serveMetrics serves the guard's metrics on addr, if one is given.
-func (d *decider) serveMetrics(ctx context.Context, addr string) error {
+func (d *decider) serveMetrics(ctx context.Context, addr, webConfig string) error {
 	if addr == "" {
+		if webConfig != "" {
+			return errors.New("--web-config configures the --metrics-addr listener: give --metrics-addr too")
+		}
 		return nil
 	}
-	ml, err := listenMetrics(addr)
+	ml, err := listenMetrics(addr, webConfig)
 	if err != nil {
 		return err
 	}
+	d.log.WithFields(logrus.Fields{"address": ml.Addr().String(), "web_config": webConfig}).Info("serving metrics")
 	go func() {
-		if err := serveHTTP(ctx, ml, d.g.MetricsHandler(), time.Second); err != nil {
+		if err := metrics.Serve(ctx, ml, d.g.MetricsHandler(), webConfig, time.Second, d.log.WriterLevel(logrus.WarnLevel)); err != nil {
 			d.log.WithError(err).Error("metrics listener stopped")
 		}
 	}()

@@ -14,13 +14,14 @@ import (
 // boundEnv is every variable a command reads, as its help must name them.
 var boundEnv = map[string][]string{
 	"serve": {"PRUNE_GUARD_SOCKET", "PRUNE_GUARD_SOCKET_GROUP", "DOCKER_HOST", "PRUNE_GUARD_AUDIT_LOG", "PRUNE_GUARD_AUDIT_GROUP",
-		"PRUNE_GUARD_POLICY", "PRUNE_GUARD_POLICY_OPTIONAL", "PRUNE_GUARD_METRICS_ADDR",
+		"PRUNE_GUARD_POLICY", "PRUNE_GUARD_POLICY_OPTIONAL", "PRUNE_GUARD_METRICS_ADDR", "PRUNE_GUARD_WEB_CONFIG",
 		"PRUNE_GUARD_RUN_LABELS", "PRUNE_GUARD_RUN_GRACE", "PRUNE_GUARD_DETECTORS", "PRUNE_GUARD_CONTROL_SOCKET"},
 	"reclaim": {"DOCKER_HOST", "PRUNE_GUARD_RUN_LABELS", "PRUNE_GUARD_RUN_GRACE", "PRUNE_GUARD_DETECTORS",
 		"PRUNE_GUARD_POLICY", "PRUNE_GUARD_POLICY_OPTIONAL", "PRUNE_GUARD_AUDIT_LOG", "PRUNE_GUARD_CONTROL_SOCKET", "PRUNE_GUARD_RECLAIM_STATE",
 		"PRUNE_GUARD_RECLAIM_HIGH", "PRUNE_GUARD_RECLAIM_LOW", "PRUNE_GUARD_RECLAIM_CRITICAL", "PRUNE_GUARD_RECLAIM_MIN_AGE",
 		"PRUNE_GUARD_RECLAIM_MAX_UNUSED", "PRUNE_GUARD_RECLAIM_MIN_FREE", "PRUNE_GUARD_RECLAIM_TARGET_FREE",
-		"PRUNE_GUARD_RECLAIM_MIN_FREE_INODES", "PRUNE_GUARD_RECLAIM_KEEP_PER_REPO", "PRUNE_GUARD_RECLAIM_BUILD_CACHE_MAX"},
+		"PRUNE_GUARD_RECLAIM_MIN_FREE_INODES", "PRUNE_GUARD_RECLAIM_KEEP_PER_REPO", "PRUNE_GUARD_RECLAIM_BUILD_CACHE_MAX",
+		"PRUNE_GUARD_RECLAIM_METRICS_ADDR", "PRUNE_GUARD_RECLAIM_METRICS_TEXTFILE", "PRUNE_GUARD_WEB_CONFIG"},
 	"status": {"PRUNE_GUARD_SOCKET", "DOCKER_HOST"},
 }
 
@@ -129,7 +130,7 @@ func TestVariablesSetTheFlagsTheyNameUnlessTheFlagIsGiven(t *testing.T) {
 		{name: "DOCKER_HOST sets reclaim's engine", cmd: newReclaimCmd, env: map[string]string{"DOCKER_HOST": "unix:///run/pg.sock"}, flag: "docker-host", want: "unix:///run/pg.sock", wantChanged: true},
 		{name: "PRUNE_GUARD_SOCKET sets status's socket", cmd: newStatusCmd, env: map[string]string{"PRUNE_GUARD_SOCKET": "/run/pg.sock"}, flag: "socket", want: "/run/pg.sock", wantChanged: true},
 		{name: "an empty PRUNE_GUARD_AUDIT_LOG leaves standard output", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_AUDIT_LOG": ""}, flag: "audit-log", want: "-"},
-		{name: "PRUNE_GUARD_METRICS_ADDR sets --metrics-addr", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_METRICS_ADDR": "127.0.0.1:9323"}, flag: "metrics-addr", want: "127.0.0.1:9323", wantChanged: true},
+		{name: "PRUNE_GUARD_METRICS_ADDR sets --metrics-addr", cmd: newServeCmd, env: map[string]string{"PRUNE_GUARD_METRICS_ADDR": "127.0.0.1:9709"}, flag: "metrics-addr", want: "127.0.0.1:9709", wantChanged: true},
 		{name: "PRUNE_GUARD_RECLAIM_MIN_FREE is a size", cmd: newReclaimCmd, env: map[string]string{"PRUNE_GUARD_RECLAIM_MIN_FREE": "20GB"}, flag: "min-free", want: "20GB", wantChanged: true},
 		{name: "PRUNE_GUARD_RECLAIM_BUILD_CACHE_MAX reads binary units", cmd: newReclaimCmd, env: map[string]string{"PRUNE_GUARD_RECLAIM_BUILD_CACHE_MAX": "10 GiB"}, flag: "build-cache-max", want: "10GiB", wantChanged: true},
 		{name: "PRUNE_GUARD_RECLAIM_CRITICAL=0 turns acting during jobs off", cmd: newReclaimCmd, env: map[string]string{"PRUNE_GUARD_RECLAIM_CRITICAL": "0"}, flag: "critical", want: "0", wantChanged: true},

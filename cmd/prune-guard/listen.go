@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prune-guard/prune-guard/listener"
+	"github.com/prune-guard/prune-guard/metrics"
 )
 
 // lookupGroup returns the numeric group ID for a name or number, -1 for "".
@@ -28,11 +29,20 @@ func lookupGroup(name string) (int, error) {
 	return strconv.Atoi(g.Gid)
 }
 
-// listenMetrics listens on a loopback TCP address or a unix socket: metrics
-// name rules and users, and prune-guard runs as root, so it never listens on
-// a routable address.
-func listenMetrics(addr string) (net.Listener, error) {
+// listenMetrics listens for scrapes on addr: a unix socket (unix:PATH), a
+// loopback TCP address, or, only together with a web configuration file
+// (--web-config) that turns on TLS and client authentication, any other
+// TCP address. Metrics name rules, jobs and users, and prune-guard runs as
+// root: they never leave the host in the clear, or to anyone who asks.
+// With webConfig set, the file is checked here, so a bad one stops
+// prune-guard at start rather than failing every scrape.
+func listenMetrics(addr, webConfig string) (net.Listener, error) {
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if webConfig != "" {
+			if err := metrics.CheckWebConfig(webConfig, false); err != nil {
+				return nil, err
+			}
+		}
 		l, err := listener.Unix(path, -1)
 		if err != nil {
 			return nil, fmt.Errorf("--metrics-addr: %w", err)
@@ -41,11 +51,17 @@ func listenMetrics(addr string) (net.Listener, error) {
 	}
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr %q: want HOST:PORT on loopback or unix:PATH: %w", addr, err)
+		return nil, fmt.Errorf("--metrics-addr %q: want HOST:PORT or unix:PATH: %w", addr, err)
 	}
 	ip := net.ParseIP(host)
-	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("--metrics-addr %q: only loopback addresses or unix sockets are allowed", addr)
+	remote := host != "localhost" && (ip == nil || !ip.IsLoopback())
+	switch {
+	case remote && webConfig == "":
+		return nil, fmt.Errorf("--metrics-addr %q: an address other hosts can reach needs --web-config FILE (TLS and basic auth or client certificates, in the Prometheus exporter-toolkit format); without one, only loopback addresses or unix sockets are allowed", addr)
+	case webConfig != "":
+		if err := metrics.CheckWebConfig(webConfig, remote); err != nil {
+			return nil, err
+		}
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -73,3 +89,13 @@ func serveServer(ctx context.Context, l net.Listener, srv *http.Server, drain ti
 	defer cancel()
 	return srv.Shutdown(sctx)
 }
+
+// The example address for --metrics-addr: not dockerd's own 9323, nor
+// node_exporter's 9100, which share a CI host with prune-guard.
+const (
+	exampleMetricsPort = "9709"
+	exampleMetricsAddr = "127.0.0.1:" + exampleMetricsPort
+)
+
+// webConfigUsage is --web-config's help, for serve, proxy and reclaim.
+const webConfigUsage = "web configuration file for the --metrics-addr listener, in the Prometheus exporter-toolkit format: TLS (tls_server_config), basic auth (basic_auth_users, bcrypt hashes) or client certificates; read again on every connection; required for a non-loopback --metrics-addr, which also needs TLS and client authentication in it"

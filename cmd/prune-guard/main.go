@@ -12,6 +12,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/prune-guard/prune-guard/buildinfo"
 )
 
 func main() {
@@ -45,6 +47,7 @@ CI jobs are recognised out of the box for GitLab Runner, GitHub Actions runners,
 Buildkite, Drone, Woodpecker, Jenkins, Testcontainers and Gitea/Forgejo runners
 ('prune-guard policy default' lists the detectors). Everything else passes through untouched. Every destructive request and every
 denial is written to a JSON-lines audit log.`,
+		Version:       buildinfo.Version() + " (" + buildinfo.GoVersion() + ")",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -42,6 +43,7 @@ type reclaimOptions struct {
 	protectImages []string
 	protectLabels []string
 	engineTimeout time.Duration
+	metrics       reclaimMetrics
 }
 
 func newReclaimCmd() *cobra.Command {
@@ -143,7 +145,7 @@ still unmet after all it may remove, or when a pass at --critical got no grant.`
 		},
 	}
 	o.register(cmd.Flags(), def.Reclaim)
-	bindEnv(cmd, append(append([]envVar{dockerHostEnv}, reclaimEnv...), runEnv...)...)
+	bindEnv(cmd, append(append(append([]envVar{dockerHostEnv}, reclaimEnv...), reclaimMetricsEnv...), runEnv...)...)
 	return cmd, o
 }
 
@@ -194,6 +196,7 @@ func (o *reclaimOptions) register(f *pflag.FlagSet, def policy.ReclaimSettings) 
 	f.StringArrayVar(&o.protectImages, "protect-image", dp.Images, "reference pattern (path.Match syntax, e.g. 'registry.example/base/*') of images never to remove (repeatable; replaces the policy's protect.images)")
 	f.StringArrayVar(&o.protectLabels, "protect-label", dp.Labels, "image label KEY or KEY=VALUE that protects an image (repeatable; replaces the policy's protect.labels)")
 	f.DurationVar(&o.engineTimeout, "engine-timeout", time.Minute, "bound on each engine request")
+	o.metrics.register(f)
 }
 
 // config merges the policy file (or the built-in policy) with the flags:
@@ -231,6 +234,9 @@ func (o reclaimOptions) config(cmd *cobra.Command) (reclaim.Config, error) {
 	}
 	if o.watch < 0 {
 		return reclaim.Config{}, fmt.Errorf("--watch %s: want a positive interval, or 0 to run once", o.watch)
+	}
+	if err := o.metrics.validate(o.watch); err != nil {
+		return reclaim.Config{}, err
 	}
 	return cfg, nil
 }
@@ -282,12 +288,21 @@ func runReclaim(ctx context.Context, o reclaimOptions, cfg reclaim.Config, out, 
 		return fmt.Errorf("reclaim settings: %w", err)
 	}
 
+	exp := o.metrics.exporter(r, cfg, o.watch, errOut)
+
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if o.watch == 0 {
 		_, err := r.Once(ctx)
+		return errors.Join(err, o.metrics.afterOnce(exp, err))
+	}
+	mctx, mstop := context.WithCancel(ctx)
+	waitMetrics, err := o.metrics.serve(mctx, exp, errOut)
+	if err != nil {
+		mstop()
 		return err
 	}
+	defer func() { mstop(); waitMetrics() }()
 	al.Event("reclaim watching", map[string]any{"component": "reclaim", "interval": o.watch.String(), "docker_host": redact.String(o.dockerHost),
 		"high": cfg.High, "low": cfg.Low, "critical": cfg.Critical, "min_age": cfg.MinAge.String(), "max_unused": cfg.MaxUnused.String(),
 		"min_free": cfg.MinFree, "target_free": cfg.TargetFree, "min_free_inodes": cfg.MinFreeInodes, "keep_per_repo": cfg.KeepPerRepo,

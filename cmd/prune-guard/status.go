@@ -24,6 +24,7 @@ import (
 
 func newStatusCmd() *cobra.Command {
 	var socket, dockerHost string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show active runs, the policy in force and decision counters",
@@ -34,16 +35,25 @@ with its hash, and the plugin's decision counters since it started.
 The runs come from the engine (--docker-host); the policy, the counters and the
 mode in force (authz or proxy) from the running prune-guard: the plugin's socket
 in authz mode, the control socket in proxy mode. With no --socket, both default
-sockets are tried. Exits 1 when prune-guard does not answer.`,
+sockets are tried. Exits 1 when prune-guard does not answer.
+
+--json prints the same as one JSON object, with the field names that
+docs/install.md documents (those it marks stable keep their names and
+meaning across releases); the exit status is the same.`,
 		Example: `  prune-guard status
+  prune-guard status --json | jq '.runs.active[].job'
   prune-guard status --socket /run/docker/plugins/prune-guard.sock --docker-host unix:///var/run/docker.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
+			if asJSON {
+				return runStatusJSON(ctx, cmd.OutOrStdout(), socket, dockerHost)
+			}
 			return runStatus(ctx, cmd.OutOrStdout(), socket, dockerHost)
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (fields in docs/install.md) instead of text")
 	cmd.Flags().StringVar(&socket, "socket", "", "the running prune-guard's socket: the plugin's (serve) or the control socket (proxy); default: "+pluginSocket+", then "+controlSocket)
 	cmd.Flags().StringVar(&dockerHost, "docker-host", defaultDockerHost, "engine to ask for active runs")
 	bindEnv(cmd, socketEnv, dockerHostEnv)
@@ -95,29 +105,38 @@ func fetchAnyStatus(ctx context.Context, socket string) (guard.Status, error) {
 	return st, fmt.Errorf("%w (nor on the proxy's control socket %s)", err, controlSocket)
 }
 
-func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) error {
+// gatherStatus asks the running prune-guard for its status, or, when it
+// does not answer, the engine for the runs and the warnings; statusErr says
+// why prune-guard did not answer.
+func gatherStatus(ctx context.Context, socket, dockerHost string) (st guard.Status, statusErr, err error) {
 	c, err := engine.Open(dockerHost)
+	if err != nil {
+		return st, nil, err
+	}
+	defer c.Close()
+	st, statusErr = fetchAnyStatus(ctx, socket)
+	if statusErr == nil {
+		return st, nil, nil
+	}
+	// Without prune-guard, ask the engine with the built-in detectors;
+	// the teardown grace is known only to a running prune-guard.
+	st.Runs = ownRuns(ctx, c)
+	if v, err := askEngineVersion(ctx, c, statusEngineTimeout); err == nil {
+		st.Warnings = engineWarnings(v, guard.ModeAuthz)
+	}
+	return st, statusErr, nil
+}
+
+func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) error {
+	st, statusErr, err := gatherStatus(ctx, socket, dockerHost)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	st, statusErr := fetchAnyStatus(ctx, socket)
-	if statusErr != nil {
-		// Without prune-guard, ask the engine with the built-in detectors;
-		// the teardown grace is known only to a running prune-guard.
-		st.Runs = ownRuns(ctx, c)
-	} else {
+	if statusErr == nil {
 		writeTransport(w, st.Transport)
 	}
 	writeRuns(w, st, statusErr == nil, dockerHost)
-
-	warnings := st.Warnings
-	if statusErr != nil {
-		if v, err := askEngineVersion(ctx, c, statusEngineTimeout); err == nil {
-			warnings = engineWarnings(v, guard.ModeAuthz)
-		}
-	}
-	for _, warning := range warnings {
+	for _, warning := range st.Warnings {
 		fmt.Fprintf(w, "WARNING: %s\n", warning)
 	}
 	fmt.Fprintln(w)
@@ -133,27 +152,68 @@ func runStatus(ctx context.Context, w io.Writer, socket, dockerHost string) erro
 	if len(p.Images)+len(p.Labels)+len(p.Plugins) > 0 {
 		fmt.Fprintf(w, "  protected: images %v, labels %v, plugins %v\n", p.Images, p.Labels, p.Plugins)
 	}
+	writeCounters(w, st)
+	return nil
+}
 
+// writeCounters prints the decision counters.
+func writeCounters(w io.Writer, st guard.Status) {
 	s := st.Stats
 	fmt.Fprintf(w, "\nSince %s (%s ago):\n", s.Started.Format(time.RFC3339), time.Since(s.Started).Round(time.Second))
 	fmt.Fprintf(w, "  reads allowed without an engine query: %d\n", s.Reads)
 	fmt.Fprintf(w, "  denied %d, would-deny %d, destructive allowed %d; engine errors %d; policy reloads %d, rejected %d; audit write failures %d\n",
 		s.Total("deny"), s.Total("would-deny"), s.Total("allow"), s.EngineErrors, s.Reloads, s.Rejections, st.AuditWriteFailures)
-	if len(s.Decisions) > 0 {
-		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  RULE\tALLOW\tDENY\tWOULD-DENY")
-		names := make([]string, 0, len(s.Decisions))
-		for r := range s.Decisions {
-			names = append(names, r)
-		}
-		sort.Strings(names)
-		for _, r := range names {
-			d := s.Decisions[r]
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\n", r, d["allow"], d["deny"], d["would-deny"])
-		}
-		tw.Flush()
+	if len(s.Decisions) == 0 {
+		return
 	}
-	return nil
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  RULE\tALLOW\tDENY\tWOULD-DENY")
+	names := make([]string, 0, len(s.Decisions))
+	for r := range s.Decisions {
+		names = append(names, r)
+	}
+	sort.Strings(names)
+	for _, r := range names {
+		d := s.Decisions[r]
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\n", r, d["allow"], d["deny"], d["would-deny"])
+	}
+	tw.Flush()
+}
+
+// StatusReport is what "status --json" prints: one JSON object, the
+// running prune-guard's status (guard.Status, the document its /status
+// serves) with whether it answered. docs/install.md lists the fields and
+// says which are stable; a change to a stable one raises SchemaVersion.
+type StatusReport struct {
+	// SchemaVersion is 1.
+	SchemaVersion int `json:"schema_version"`
+	// Reachable says whether prune-guard answered; when it did not, Error
+	// says why, the runs are the engine's answer with the built-in
+	// detectors and the policy and counters are empty.
+	Reachable  bool   `json:"reachable"`
+	Error      string `json:"error,omitempty"`
+	DockerHost string `json:"docker_host"`
+	guard.Status
+}
+
+// statusSchemaVersion is StatusReport's SchemaVersion.
+const statusSchemaVersion = 1
+
+func runStatusJSON(ctx context.Context, w io.Writer, socket, dockerHost string) error {
+	st, statusErr, err := gatherStatus(ctx, socket, dockerHost)
+	if err != nil {
+		return err
+	}
+	rep := StatusReport{SchemaVersion: statusSchemaVersion, Reachable: statusErr == nil, DockerHost: redact.String(dockerHost), Status: st}
+	if statusErr != nil {
+		rep.Error = statusErr.Error()
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(rep); err != nil {
+		return err
+	}
+	return statusErr
 }
 
 // statusEngineTimeout bounds each question status asks the engine.

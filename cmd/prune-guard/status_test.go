@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -104,5 +105,78 @@ func TestStatusFromAPluginOfAnotherVersionSaysSo(t *testing.T) {
 	_, err := fetchStatus(t.Context(), socket)
 	if err == nil || !strings.Contains(err.Error(), "another version") {
 		t.Errorf("error = %v, want one that suggests the plugin is of another version", err)
+	}
+}
+
+// status --json prints one object a program can decode, with the fields
+// docs/install.md documents as stable.
+func TestStatusJSONDecodes(t *testing.T) {
+	live := rules.Run{Detector: "gitlab", System: "GitLab job", Job: "4711", Kind: rules.Container, Name: "build"}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	g := guard.New(policy.Default(), stateRuns(rules.RunState{Active: []rules.Run{live}, Grace: 2 * time.Minute}), noNames{}, audit.New(io.Discard, nil), log)
+	g.SetTransport(guard.Transport{Mode: guard.ModeAuthz, Engine: "unix:///var/run/docker.sock"})
+	socket := serveStatus(t, g.Handler())
+	var out bytes.Buffer
+	if err := runStatusJSON(t.Context(), &out, socket, "unix:///nonexistent/docker.sock"); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out.String())
+	}
+	// Decoded as a program would: by the documented names, into plain
+	// maps, so a renamed field fails here.
+	var doc struct {
+		SchemaVersion int    `json:"schema_version"`
+		Reachable     bool   `json:"reachable"`
+		Version       string `json:"version"`
+		Transport     struct {
+			Mode string `json:"mode"`
+		} `json:"transport"`
+		Policy struct {
+			Source string `json:"source"`
+			Hash   string `json:"hash"`
+			Mode   string `json:"mode"`
+		} `json:"policy"`
+		Runs struct {
+			Error  string `json:"error"`
+			Active []struct {
+				Run, Detector, Job string
+			} `json:"active"`
+		} `json:"runs"`
+		Stats struct {
+			Started   time.Time                   `json:"started"`
+			Reads     int64                       `json:"reads_allowed"`
+			Decisions map[string]map[string]int64 `json:"decisions"`
+		} `json:"stats"`
+		AuditWriteFailures *int64 `json:"audit_write_failures"`
+	}
+	dec := json.NewDecoder(&out)
+	if err := dec.Decode(&doc); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	if dec.More() {
+		t.Error("status --json printed more than one object")
+	}
+	if doc.SchemaVersion != 1 || !doc.Reachable || doc.Version == "" || doc.Transport.Mode != "authz" ||
+		doc.Policy.Hash != policy.Default().Hash || doc.Policy.Mode != "enforce" || doc.Stats.Started.IsZero() || doc.AuditWriteFailures == nil {
+		t.Errorf("status --json: %+v", doc)
+	}
+	if len(doc.Runs.Active) != 1 || doc.Runs.Active[0].Job != "GitLab job 4711" || doc.Runs.Active[0].Detector != "gitlab" {
+		t.Errorf("runs.active = %+v", doc.Runs.Active)
+	}
+}
+
+// When prune-guard does not answer, status --json still prints the object,
+// says why, and exits non-zero.
+func TestStatusJSONWithoutPruneGuard(t *testing.T) {
+	var out bytes.Buffer
+	err := runStatusJSON(t.Context(), &out, filepath.Join(t.TempDir(), "none.sock"), "unix:///nonexistent/docker.sock")
+	if err == nil {
+		t.Fatal("status --json succeeded without prune-guard")
+	}
+	var rep StatusReport
+	if derr := json.Unmarshal(out.Bytes(), &rep); derr != nil {
+		t.Fatalf("decode: %v\n%s", derr, out.String())
+	}
+	if rep.Reachable || rep.Error == "" || rep.SchemaVersion != 1 || rep.Runs.Error == "" {
+		t.Errorf("status --json without prune-guard: %+v", rep)
 	}
 }
