@@ -33,9 +33,10 @@ engine (and which label makes each count), the policy the running plugin enforce
 with its hash, and the plugin's decision counters since it started.
 
 The runs come from the engine (--docker-host); the policy, the counters and the
-mode in force (authz or proxy) from the running prune-guard: the plugin's socket
-in authz mode, the control socket in proxy mode. With no --socket, both default
-sockets are tried. Exits 1 when prune-guard does not answer.
+mode in force (authz or proxy) from the running prune-guard, on its control
+socket (serve and proxy both open one) or, in authz mode, the plugin's socket.
+With no --socket, the default control socket is asked first, then the plugin's
+socket. Exits 1 when prune-guard does not answer.
 
 --json prints the same as one JSON object, with the field names that
 docs/install.md documents (those it marks stable keep their names and
@@ -54,7 +55,7 @@ meaning across releases); the exit status is the same.`,
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (fields in docs/install.md) instead of text")
-	cmd.Flags().StringVar(&socket, "socket", "", "the running prune-guard's socket: the plugin's (serve) or the control socket (proxy); default: "+pluginSocket+", then "+controlSocket)
+	cmd.Flags().StringVar(&socket, "socket", "", "the running prune-guard's socket: its control socket (serve and proxy) or the plugin's (serve); default: "+controlSocket+", then "+pluginSocket)
 	cmd.Flags().StringVar(&dockerHost, "docker-host", defaultDockerHost, "engine to ask for active runs")
 	bindEnv(cmd, socketEnv, dockerHostEnv)
 	return cmd
@@ -89,20 +90,21 @@ func fetchStatus(ctx context.Context, socket string) (guard.Status, error) {
 	return s, nil
 }
 
-// fetchAnyStatus asks the socket given, or else the plugin's socket and then
-// the proxy's control socket.
+// fetchAnyStatus asks the socket given, or else the control socket, which
+// both modes open, and then the plugin's socket (a serve started with
+// --control-socket "").
 func fetchAnyStatus(ctx context.Context, socket string) (guard.Status, error) {
 	if socket != "" {
 		return fetchStatus(ctx, socket)
 	}
-	st, err := fetchStatus(ctx, pluginSocket)
+	st, err := fetchStatus(ctx, controlSocket)
 	if err == nil {
 		return st, nil
 	}
-	if st, err2 := fetchStatus(ctx, controlSocket); err2 == nil {
+	if st, err2 := fetchStatus(ctx, pluginSocket); err2 == nil {
 		return st, nil
 	}
-	return st, fmt.Errorf("%w (nor on the proxy's control socket %s)", err, controlSocket)
+	return st, fmt.Errorf("%w (nor on the plugin's socket %s)", err, pluginSocket)
 }
 
 // gatherStatus asks the running prune-guard for its status, or, when it
