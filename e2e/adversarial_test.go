@@ -336,13 +336,20 @@ func TestAdversarialEncodingsOfDestructiveRequestsAreDenied(t *testing.T) {
 		mu.Unlock()
 	}
 
+	// The two daemons run their cases side by side, each in a goroutine of
+	// this test's own: subtests that called t.Parallel would queue behind
+	// every other parallel test of the package, and this test, the
+	// longest, would start last.
 	t.Run("daemons", func(t *testing.T) {
+		var wg sync.WaitGroup
+		defer wg.Wait()
 		for _, ae := range []*advEngine{
 			{name: "bare", e: bare, reg: reg},
 			{name: "guarded", e: g.Engine, guarded: true, reg: reg},
 		} {
-			t.Run(ae.name, func(t *testing.T) {
-				t.Parallel()
+			wg.Add(1)
+			go t.Run(ae.name, func(t *testing.T) {
+				defer wg.Done()
 				ae.a = newAPI(t, ae.e)
 				ae.refs = map[int]advRef{}
 				ae.a.importImage(advBase)

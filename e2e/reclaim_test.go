@@ -393,7 +393,7 @@ func TestReclaimKeepsDiskBoundedWithoutPruneAll(t *testing.T) {
 			t.Errorf("reclaim exited 0 with the disk still above --high")
 		}
 		for _, want := range []string{
-			"is still", "at or above the high mark", "nothing more may be removed",
+			": still ", "at or above --high " + pct(u-0.5), "nothing more may be removed",
 			"kept:", "pg-rc-inuse:1 (" + shortID(inuse) + "): used by container pg-rc-user (exited)",
 			"pg-rc-old1:1 (" + shortID(old1) + "): last used",
 		} {

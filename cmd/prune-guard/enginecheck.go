@@ -98,6 +98,7 @@ func (d *decider) warnAboutEngine(ctx context.Context, timeout time.Duration) {
 	for range engineCheckTries {
 		v, err := askEngineVersion(ctx, d.ec, timeout)
 		if err == nil {
+			d.log.WithFields(logrus.Fields{"engine": v.Version, "api": v.APIVersion}).Info("engine answered")
 			warnings := engineWarnings(v, d.g.Transport().Mode)
 			if d.g.Transport().Mode == guard.ModeProxy {
 				warnings = append(warnings, exposureWarnings(ctx, d.g.Transport().Engine)...)
