@@ -93,9 +93,12 @@ func NewReclaimExporter(totals func() ReclaimTotals, marks ReclaimMarks, interva
 // one: a pass with figures moves Passes, and Failed too when it failed; a
 // pass that failed before any figure moves Failed alone.
 func (e *ReclaimExporter) Observe() bool {
-	t := e.totals()
+	// The totals are read under the lock: a scrape and the follower
+	// observing at once must not write an older reading over a newer one
+	// (counters would go back and the pass be counted twice).
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	t := e.totals()
 	dPasses, dFailed := sum(t.Passes)-sum(e.seen.Passes), t.Failed-e.seen.Failed
 	e.seen = t
 	switch {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/exporter-toolkit/web"
@@ -55,7 +56,15 @@ func CheckWebConfig(path string, remote bool) error {
 // reads the file on every connection and request: certificates and users
 // change without a restart. errLog receives exporter-toolkit's warnings and
 // errors (a configuration that no longer loads).
+//
+// On an address other hosts can reach, every request checks again (when the
+// file changed) that the file still asks for TLS and client authentication:
+// exporter-toolkit would otherwise serve a file whose users were deleted to
+// anyone.
 func Serve(ctx context.Context, l net.Listener, h http.Handler, webConfig string, drain time.Duration, errLog io.Writer) error {
+	if webConfig != "" && reachableFromOtherHosts(l.Addr()) {
+		h = &stillAuthenticated{next: h, path: webConfig, errLog: errLog}
+	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(errLog, "metrics listener: ", 0)}
 	errc := make(chan error, 1)
 	go func() {
@@ -77,4 +86,50 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, webConfig string
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// reachableFromOtherHosts: a TCP address that is not loopback (the
+// unspecified address included).
+func reachableFromOtherHosts(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && !t.IP.IsLoopback()
+}
+
+// stillAuthenticated refuses every request (500) while the web
+// configuration no longer requires TLS and client authentication for a
+// remote listener. It checks the file again when its size or modification
+// time changed.
+type stillAuthenticated struct {
+	next   http.Handler
+	path   string
+	errLog io.Writer
+
+	mu      sync.Mutex
+	checked os.FileInfo
+	err     error
+}
+
+func (s *stillAuthenticated) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := s.check(); err != nil {
+		http.Error(w, "prune-guard: metrics refused: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	s.next.ServeHTTP(w, r)
+}
+
+func (s *stillAuthenticated) check() error {
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return fmt.Errorf("--web-config: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.checked != nil && fi.Size() == s.checked.Size() && fi.ModTime().Equal(s.checked.ModTime()) {
+		return s.err
+	}
+	s.checked, s.err = fi, CheckWebConfig(s.path, true)
+	if s.err != nil {
+		fmt.Fprintf(s.errLog, "metrics listener: %v; scrapes are refused until it is fixed\n", s.err)
+	}
+	return s.err
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,5 +137,64 @@ func TestCheckWebConfigForRemoteAddresses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A remote listener's web configuration is checked again when it changes:
+// a file whose users were deleted refuses scrapes instead of serving them
+// to anyone, and serves again once fixed.
+func TestRemoteListenerRefusesScrapesOnceTheFileStopsAuthenticating(t *testing.T) {
+	p := testpki.New(t)
+	cfg := p.WebConfig(t, "prometheus", "s3cret pass")
+	good, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var noUsers []string
+	for _, l := range strings.SplitAfter(string(good), "\n") {
+		if strings.HasPrefix(l, "basic_auth_users") {
+			break
+		}
+		noUsers = append(noUsers, l)
+	}
+	h := &stillAuthenticated{next: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "metrics") }), path: cfg, errLog: io.Discard}
+	status := func() int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		return rec.Code
+	}
+	write := func(text string, mtime time.Time) {
+		if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(cfg, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	for i, step := range []struct {
+		name, text string
+		want       int
+	}{
+		{"users and TLS", string(good), http.StatusOK},
+		{"the users deleted", strings.Join(noUsers, ""), http.StatusInternalServerError},
+		{"the users back", string(good), http.StatusOK},
+	} {
+		write(step.text, now.Add(time.Duration(i)*time.Second))
+		if got := status(); got != step.want {
+			t.Errorf("%s: status %d, want %d", step.name, got, step.want)
+		}
+	}
+	for _, tt := range []struct {
+		addr string
+		want bool
+	}{{"127.0.0.1:9709", false}, {"[::1]:9709", false}, {"0.0.0.0:9709", true}, {"192.0.2.7:9709", true}} {
+		a, _ := net.ResolveTCPAddr("tcp", tt.addr)
+		if got := reachableFromOtherHosts(a); got != tt.want {
+			t.Errorf("reachableFromOtherHosts(%s) = %v, want %v", tt.addr, got, tt.want)
+		}
+	}
+	if reachableFromOtherHosts(&net.UnixAddr{Name: "/run/m.sock", Net: "unix"}) {
+		t.Error("a unix socket counts as reachable from other hosts")
 	}
 }

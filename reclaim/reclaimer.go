@@ -300,15 +300,17 @@ func (r *Reclaimer) loadState() *State {
 	return st
 }
 
-// pass runs one pass and adds its figures to the totals.
+// pass runs one pass and adds its figures to the totals. A pass cut
+// short because reclaim is stopping did not fail: its outcome says so.
 func (r *Reclaimer) pass(ctx context.Context, st *State, evs []eventstream.Event) (*Result, error) {
 	res, err := r.passOnce(ctx, st, evs)
+	failed := err != nil && !errors.Is(err, context.Canceled)
 	if res == nil {
-		r.totals.add(nil, true)
+		r.totals.add(nil, failed)
 		return nil, err
 	}
 	f := res.Figures()
-	r.totals.add(&f, err != nil)
+	r.totals.add(&f, failed)
 	return res, err
 }
 

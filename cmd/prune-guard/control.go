@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/prune-guard/prune-guard/guard"
 	"github.com/prune-guard/prune-guard/listener"
 )
@@ -31,12 +33,20 @@ type control struct {
 
 // openControl listens on the control socket at path (none for ""). It is
 // opened before the guard serves, so that a path another process serves is
-// an error at start.
-func openControl(path string) (*control, error) {
+// an error at start, when the path was given (explicit). The default path
+// is not worth stopping over: a unit file written before serve had a
+// control socket may not let it create /run/prune-guard, and a guard that
+// exits there fails every docker call. It then serves without one and says
+// what is lost.
+func openControl(path string, explicit bool, log logrus.FieldLogger) (*control, error) {
 	if path == "" {
 		return nil, nil
 	}
 	l, err := listener.OwnerOnly(path)
+	if err != nil && !explicit {
+		log.WithError(err).Warn("no control socket: 'prune-guard status' falls back to the plugin's socket, and 'prune-guard reclaim' gets no grants for the deletes a pass at --critical makes during CI jobs; give the unit RuntimeDirectory=prune-guard (packaging/systemd) or set --control-socket")
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--control-socket: %w", err)
 	}

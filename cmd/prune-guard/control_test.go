@@ -66,7 +66,7 @@ func TestNonRootProcessGetsNoGrant(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "c.sock")
-	ctl, err := openControl(path)
+	ctl, err := openControl(path, true, logrus.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,4 +122,30 @@ func copyExecutable(src, dst string) error {
 		return err
 	}
 	return os.WriteFile(dst, b, 0o755)
+}
+
+// A control socket that cannot be made stops serve and proxy only when
+// its path was given; at the default path they serve without one and say
+// so, since a guard that exits fails every docker call.
+func TestControlSocketThatCannotBeMadeFailsOnlyWhenGiven(t *testing.T) {
+	// A path under a regular file cannot be made, by root either.
+	blocker := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(blocker, "c.sock")
+
+	if _, err := openControl(path, true, logrus.New()); err == nil || !strings.Contains(err.Error(), "--control-socket") {
+		t.Errorf("given --control-socket %s: err %v; want an error naming the flag", path, err)
+	}
+	var logged bytes.Buffer
+	log := logrus.New()
+	log.SetOutput(&logged)
+	ctl, err := openControl(path, false, log)
+	if err != nil || ctl != nil {
+		t.Errorf("default control socket that cannot be made: %v, %v; want none and no error", ctl, err)
+	}
+	if !strings.Contains(logged.String(), "no control socket") {
+		t.Errorf("log does not say the control socket is missing: %q", logged.String())
+	}
 }

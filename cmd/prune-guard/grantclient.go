@@ -39,7 +39,7 @@ func newControlGranter(socket string) *controlGranter {
 // Grant implements reclaim.Granter.
 func (g *controlGranter) Grant(ctx context.Context, r reclaim.Grant) (context.Context, error) {
 	req := guard.GrantRequest{Images: r.Images, Critical: r.Critical, Runs: r.Runs, Usage: guard.GrantUsage{
-		DataRoot: r.Usage.Path, Percent: roundTenth(r.Usage.Percent()), StartedPercent: roundTenth(r.StartedPercent),
+		DataRoot: r.Usage.Path, Percent: r.Usage.Percent(), StartedPercent: r.StartedPercent,
 		TotalBytes: r.Usage.Total, AvailBytes: r.Usage.Avail,
 	}}
 	for _, u := range r.Untag {
@@ -72,6 +72,3 @@ func (g *controlGranter) Grant(ctx context.Context, r reclaim.Grant) (context.Co
 	}
 	return engine.WithHeader(ctx, guard.GrantHeader, ans.Token), nil
 }
-
-// roundTenth rounds a percentage to a tenth, as reports print it.
-func roundTenth(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }

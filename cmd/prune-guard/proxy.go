@@ -33,6 +33,8 @@ type proxyOptions struct {
 	listen        string
 	socketGroup   string
 	controlSocket string
+	// controlSet: --control-socket (or its variable) was given.
+	controlSet bool
 	guardFlags
 }
 
@@ -61,6 +63,7 @@ passes is used instead of --listen.`,
   prune-guard proxy --listen /var/run/docker.sock --socket-group docker --audit-log /var/log/prune-guard/audit.jsonl`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.controlSet = cmd.Flags().Changed("control-socket")
 			return runProxy(cmd.Context(), o)
 		},
 	}
@@ -92,7 +95,7 @@ func runProxy(ctx context.Context, o proxyOptions) error {
 		return err
 	}
 	defer d.close()
-	ctl, err := openControl(o.controlSocket)
+	ctl, err := openControl(o.controlSocket, o.controlSet, d.log)
 	if err != nil {
 		return err
 	}

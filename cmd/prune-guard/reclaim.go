@@ -296,7 +296,9 @@ func runReclaim(ctx context.Context, o reclaimOptions, cfg reclaim.Config, out, 
 		_, err := r.Once(ctx)
 		return errors.Join(err, o.metrics.afterOnce(exp, err))
 	}
-	mctx, mstop := context.WithCancel(ctx)
+	// The metrics outlive the signal: the follower's last write comes
+	// after Watch has counted the pass the signal cut short.
+	mctx, mstop := context.WithCancel(context.WithoutCancel(ctx))
 	waitMetrics, err := o.metrics.serve(mctx, exp, errOut)
 	if err != nil {
 		mstop()

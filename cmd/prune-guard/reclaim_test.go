@@ -66,7 +66,7 @@ func TestControlGranterGetsAGrantTheGuardHonours(t *testing.T) {
 	log.SetOutput(io.Discard)
 	job := []rules.Run{{Detector: "gitlab", System: "GitLab job", Job: "4711", Kind: rules.Container, Name: "build"}}
 	g := guard.New(policy.Default(), fixedRuns{active: job}, noNames{}, audit.New(io.Discard, nil), log)
-	ctl, err := openControl(filepath.Join(dir, "c.sock"))
+	ctl, err := openControl(filepath.Join(dir, "c.sock"), true, logrus.New())
 	if err != nil {
 		t.Fatal(err)
 	}

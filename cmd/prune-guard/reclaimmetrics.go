@@ -111,7 +111,7 @@ func (m reclaimMetrics) afterOnce(exp *metrics.ReclaimExporter, passErr error) e
 	if exp == nil || m.textfile == "" {
 		return nil
 	}
-	if !exp.Observe() && passErr != nil {
+	if !exp.Observe() && passErr != nil && !errors.Is(passErr, context.Canceled) {
 		exp.RecordFailure()
 	}
 	return metrics.WriteTextfile(m.textfile, exp.Textfile())

@@ -20,7 +20,9 @@ type serveOptions struct {
 	socket        string
 	socketGroup   string
 	controlSocket string
-	connPerCall   bool
+	// controlSet: --control-socket (or its variable) was given.
+	controlSet  bool
+	connPerCall bool
 	guardFlags
 }
 
@@ -59,6 +61,7 @@ in force stays.`,
   prune-guard serve --audit-log /var/log/prune-guard/audit.jsonl --audit-group adm --run-label ci.run-id`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.controlSet = cmd.Flags().Changed("control-socket")
 			return runServe(cmd.Context(), o)
 		},
 	}
@@ -80,7 +83,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return err
 	}
 	defer d.close()
-	ctl, err := openControl(o.controlSocket)
+	ctl, err := openControl(o.controlSocket, o.controlSet, d.log)
 	if err != nil {
 		return err
 	}

@@ -97,14 +97,25 @@ func fetchAnyStatus(ctx context.Context, socket string) (guard.Status, error) {
 	if socket != "" {
 		return fetchStatus(ctx, socket)
 	}
-	st, err := fetchStatus(ctx, controlSocket)
+	st, err := fetchStatusWithin(ctx, controlSocket, socketAttempt)
 	if err == nil {
 		return st, nil
 	}
-	if st, err2 := fetchStatus(ctx, pluginSocket); err2 == nil {
+	st, err2 := fetchStatusWithin(ctx, pluginSocket, socketAttempt)
+	if err2 == nil {
 		return st, nil
 	}
-	return st, fmt.Errorf("%w (nor on the plugin's socket %s)", err, pluginSocket)
+	return st, fmt.Errorf("%w; %w", err, err2)
+}
+
+// socketAttempt bounds each default socket's answer, so that a hung
+// control socket leaves time for the plugin's and for the engine.
+const socketAttempt = 3 * time.Second
+
+func fetchStatusWithin(ctx context.Context, socket string, d time.Duration) (guard.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return fetchStatus(ctx, socket)
 }
 
 // gatherStatus asks the running prune-guard for its status, or, when it
