@@ -85,7 +85,11 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, webConfig string
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
-	return srv.Shutdown(sctx)
+	err := srv.Shutdown(sctx)
+	// Serve closes the listener (unlinking a unix socket) when it returns,
+	// which may be after Shutdown did; the caller may reuse the path.
+	<-errc
+	return err
 }
 
 // reachableFromOtherHosts: a TCP address that is not loopback (the

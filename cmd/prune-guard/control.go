@@ -29,6 +29,7 @@ const controlUsage = "root-only unix socket (mode 0600) serving GET /status, GET
 type control struct {
 	l    net.Listener
 	path string
+	done chan struct{} // closed once serve has stopped and removed the socket
 }
 
 // openControl listens on the control socket at path (none for ""). It is
@@ -50,11 +51,12 @@ func openControl(path string, explicit bool, log logrus.FieldLogger) (*control, 
 	if err != nil {
 		return nil, fmt.Errorf("--control-socket: %w", err)
 	}
-	return &control{l: l, path: path}, nil
+	return &control{l: l, path: path, done: make(chan struct{})}, nil
 }
 
 // serve answers on the control socket until ctx ends, with every request's
-// peer credentials in its context for the grant handler's check.
+// peer credentials in its context for the grant handler's check. wait
+// returns when it has stopped.
 func (c *control) serve(ctx context.Context, d *decider) {
 	if c == nil {
 		return
@@ -65,11 +67,30 @@ func (c *control) serve(ctx context.Context, d *decider) {
 		ConnContext:       listener.WithPeer,
 	}
 	go func() {
+		defer close(c.done)
 		defer os.Remove(c.path)
 		if err := serveServer(ctx, c.l, srv, time.Second); err != nil {
 			d.log.WithError(err).Error("control socket stopped")
 		}
 	}()
+}
+
+// wait returns once serve has drained and removed the socket, so that a
+// process that exits leaves no socket behind; ctx must have ended.
+func (c *control) wait() {
+	if c == nil {
+		return
+	}
+	<-c.done
+}
+
+// close gives the socket up unserved, when the guard fails to start.
+func (c *control) close() {
+	if c == nil {
+		return
+	}
+	c.l.Close()
+	os.Remove(c.path)
 }
 
 // controlPeer is the guard's view of a control request's peer.

@@ -149,3 +149,51 @@ func TestControlSocketThatCannotBeMadeFailsOnlyWhenGiven(t *testing.T) {
 		t.Errorf("log does not say the control socket is missing: %q", logged.String())
 	}
 }
+
+// A guard that stops leaves no control socket behind: once wait returns,
+// the socket is gone, so the process may exit.
+func TestControlSocketIsGoneOnceWaitReturns(t *testing.T) {
+	dir, err := os.MkdirTemp("/tmp", "pgctlwait")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "c.sock")
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	g := guard.New(policy.Default(), fixedRuns{}, noNames{}, audit.New(io.Discard, nil), log)
+	for i := range 20 {
+		ctl, err := openControl(path, true, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		ctl.serve(ctx, &decider{g: g, log: log})
+		cancel()
+		ctl.wait()
+		if _, err := os.Lstat(path); err == nil {
+			t.Fatalf("round %d: %s is still there after wait", i, path)
+		}
+	}
+}
+
+// A guard that fails to start after opening its control socket gives it up.
+func TestControlSocketGivenUpIsGone(t *testing.T) {
+	dir, err := os.MkdirTemp("/tmp", "pgctlclose")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "c.sock")
+	ctl, err := openControl(path, true, logrus.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl.close()
+	if _, err := os.Lstat(path); err == nil {
+		t.Errorf("%s is still there after close", path)
+	}
+	var none *control
+	none.close()
+	none.wait()
+}

@@ -87,7 +87,12 @@ func serveServer(ctx context.Context, l net.Listener, srv *http.Server, drain ti
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
-	return srv.Shutdown(sctx)
+	err := srv.Shutdown(sctx)
+	// Serve closes the listener (and so unlinks a unix socket's path) when
+	// it returns, which may be after Shutdown did: a caller that reuses the
+	// path must not have it unlinked under it.
+	<-errc
+	return err
 }
 
 // The example address for --metrics-addr: not dockerd's own 9323, nor

@@ -101,6 +101,7 @@ func runProxy(ctx context.Context, o proxyOptions) error {
 	}
 	l, listening, err := o.listenClients()
 	if err != nil {
+		ctl.close()
 		return err
 	}
 	if listening == o.listen {
@@ -114,6 +115,8 @@ func runProxy(ctx context.Context, o proxyOptions) error {
 		Drain: 10 * time.Second, DialTimeout: o.engineTimeout, Log: d.log,
 	})
 	err = p.Serve(ctx, l)
+	stop() // ends the control socket too, however the clients' server ended
+	ctl.wait()
 	d.al.Event("prune-guard stopped", nil)
 	return err
 }

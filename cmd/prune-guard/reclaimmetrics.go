@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -60,28 +61,30 @@ func (m reclaimMetrics) exporter(r *reclaim.Reclaimer, cfg reclaim.Config, watch
 
 // serve starts what --watch exports: the listener and the textfile
 // follower, until ctx ends. The returned function waits for the
-// follower's last write.
+// follower's last write and for the listener to close (which removes a
+// unix socket).
 func (m reclaimMetrics) serve(ctx context.Context, exp *metrics.ReclaimExporter, errOut io.Writer) (wait func(), err error) {
-	done := make(chan struct{})
-	wait = func() { <-done }
+	var wg sync.WaitGroup
+	wait = wg.Wait
 	if exp == nil {
-		close(done)
 		return wait, nil
 	}
 	if m.addr != "" {
 		l, err := listenMetrics(m.addr, m.webConfig)
 		if err != nil {
-			close(done)
 			return wait, err
 		}
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			if err := metrics.Serve(ctx, l, metrics.Handler(metrics.NewRegistry(exp)), m.webConfig, time.Second, errOut); err != nil {
 				fmt.Fprintf(errOut, "prune-guard reclaim: metrics listener stopped: %v\n", err)
 			}
 		}()
 	}
+	wg.Add(1)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		if m.textfile != "" {
 			exp.FollowPasses(ctx, m.textfile, time.Second, errOut)
 			return

@@ -89,6 +89,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	l, listening, err := listen(o.socket, o.socketGroup, "--socket")
 	if err != nil {
+		ctl.close()
 		return err
 	}
 	if listening == o.socket {
@@ -101,6 +102,8 @@ func runServe(ctx context.Context, o serveOptions) error {
 	d.logStart(o.guardFlags, listening)
 	err = authz.Serve(ctx, l, authzDecider{d.g}, d.g.Handler(), authz.Options{
 		Headers: guard.ReadHeaders(), Drain: 10 * time.Second, ConnPerCall: o.connPerCall, Log: d.log})
+	stop() // ends the control socket too, however the clients' server ended
+	ctl.wait()
 	d.al.Event("prune-guard stopped", nil)
 	return err
 }
