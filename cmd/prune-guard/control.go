@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -28,8 +27,7 @@ const controlUsage = "root-only unix socket (mode 0600) serving GET /status, GET
 // control is an open control socket.
 type control struct {
 	l    net.Listener
-	path string
-	done chan struct{} // closed once serve has stopped and removed the socket
+	done chan struct{} // closed once serve has stopped; closing the listener unlinked the socket
 }
 
 // openControl listens on the control socket at path (none for ""). It is
@@ -51,12 +49,12 @@ func openControl(path string, explicit bool, log logrus.FieldLogger) (*control, 
 	if err != nil {
 		return nil, fmt.Errorf("--control-socket: %w", err)
 	}
-	return &control{l: l, path: path, done: make(chan struct{})}, nil
+	return &control{l: l, done: make(chan struct{})}, nil
 }
 
 // serve answers on the control socket until ctx ends, with every request's
-// peer credentials in its context for the grant handler's check. wait
-// returns when it has stopped.
+// peer credentials in its context for the grant handler's check; wait
+// returns once it has stopped.
 func (c *control) serve(ctx context.Context, d *decider) {
 	if c == nil {
 		return
@@ -68,7 +66,6 @@ func (c *control) serve(ctx context.Context, d *decider) {
 	}
 	go func() {
 		defer close(c.done)
-		defer os.Remove(c.path)
 		if err := serveServer(ctx, c.l, srv, time.Second); err != nil {
 			d.log.WithError(err).Error("control socket stopped")
 		}
@@ -85,12 +82,13 @@ func (c *control) wait() {
 }
 
 // close gives the socket up unserved, when the guard fails to start.
+// Closing the listener unlinks the socket it made, and nothing else that
+// may have come to stand at its path.
 func (c *control) close() {
 	if c == nil {
 		return
 	}
 	c.l.Close()
-	os.Remove(c.path)
 }
 
 // controlPeer is the guard's view of a control request's peer.

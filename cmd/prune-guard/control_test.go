@@ -57,11 +57,7 @@ func TestNonRootProcessGetsNoGrant(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, to run a process as another user")
 	}
-	dir, err := os.MkdirTemp("/tmp", "pgctltest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := socketDir(t, "pgctltest")
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +112,19 @@ func TestNonRootProcessGetsNoGrant(t *testing.T) {
 	}
 }
 
+// socketDir is a directory for a test's unix sockets, removed with the
+// test. t.TempDir's paths carry the test's name and can exceed the 108
+// bytes a socket's path may have.
+func socketDir(t *testing.T, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 func copyExecutable(src, dst string) error {
 	b, err := os.ReadFile(src)
 	if err != nil {
@@ -153,11 +162,7 @@ func TestControlSocketThatCannotBeMadeFailsOnlyWhenGiven(t *testing.T) {
 // A guard that stops leaves no control socket behind: once wait returns,
 // the socket is gone, so the process may exit.
 func TestControlSocketIsGoneOnceWaitReturns(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "pgctlwait")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := socketDir(t, "pgctlwait")
 	path := filepath.Join(dir, "c.sock")
 	log := logrus.New()
 	log.SetOutput(io.Discard)
@@ -179,11 +184,7 @@ func TestControlSocketIsGoneOnceWaitReturns(t *testing.T) {
 
 // A guard that fails to start after opening its control socket gives it up.
 func TestControlSocketGivenUpIsGone(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "pgctlclose")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := socketDir(t, "pgctlclose")
 	path := filepath.Join(dir, "c.sock")
 	ctl, err := openControl(path, true, logrus.New())
 	if err != nil {

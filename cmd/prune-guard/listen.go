@@ -70,13 +70,8 @@ func listenMetrics(addr, webConfig string) (net.Listener, error) {
 	return l, nil
 }
 
-// serveHTTP serves h on l until ctx ends, then lets requests in flight
+// serveServer serves srv on l until ctx ends, then lets requests in flight
 // finish within drain.
-func serveHTTP(ctx context.Context, l net.Listener, h http.Handler, drain time.Duration) error {
-	return serveServer(ctx, l, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, drain)
-}
-
-// serveServer is serveHTTP with the caller's server.
 func serveServer(ctx context.Context, l net.Listener, srv *http.Server, drain time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()

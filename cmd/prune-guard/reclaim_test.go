@@ -57,11 +57,7 @@ func TestReclaimSettingsComeFromThePolicyAndFlagsReplaceThemOneByOne(t *testing.
 // travels only on the deletes sent with the context it returns, and the
 // guard lets exactly those through during a job.
 func TestControlGranterGetsAGrantTheGuardHonours(t *testing.T) {
-	dir, err := os.MkdirTemp("/tmp", "pggrant")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := socketDir(t, "pggrant")
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	job := []rules.Run{{Detector: "gitlab", System: "GitLab job", Job: "4711", Kind: rules.Container, Name: "build"}}
